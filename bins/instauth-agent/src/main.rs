@@ -1,0 +1,5 @@
+//! instauth workspace agent.
+
+fn main() {
+    println!("instauth-agent: not implemented yet");
+}

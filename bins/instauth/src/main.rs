@@ -1,0 +1,3 @@
+//! instauth server.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! instauth agent SDK: metadata clients, token exchange, session.

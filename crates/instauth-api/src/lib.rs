@@ -1,0 +1,1 @@
+//! instauth HTTP API: router, handlers, error map, metrics, audit.

@@ -1,0 +1,1 @@
+//! Pure agent selection policy for instauth token exchanges.

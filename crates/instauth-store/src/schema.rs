@@ -1,0 +1,82 @@
+//! The diesel schema shared by both backends (see `migrations/`).
+#![allow(missing_docs)]
+
+diesel::table! {
+    workspaces (id) {
+        id -> Text,
+        name -> Text,
+        latest_build_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        deleted_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    workspace_builds (id) {
+        id -> Text,
+        workspace_id -> Text,
+        build_number -> Integer,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    workspace_resources (id) {
+        id -> Text,
+        build_id -> Text,
+        name -> Text,
+        #[sql_name = "type"]
+        resource_type -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    workspace_agents (id) {
+        id -> Text,
+        resource_id -> Text,
+        build_id -> Text,
+        workspace_id -> Text,
+        parent_id -> Nullable<Text>,
+        name -> Text,
+        auth -> Text,
+        auth_instance_id -> Nullable<Text>,
+        auth_token_hash -> Nullable<Binary>,
+        lifecycle_state -> Text,
+        first_connected_at -> Nullable<Timestamp>,
+        last_connected_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        deleted_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    agent_sessions (token_hash) {
+        token_hash -> Binary,
+        agent_id -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        time -> Timestamp,
+        provider -> Text,
+        instance_id -> Text,
+        agent_name -> Text,
+        outcome -> Text,
+        agent_id -> Nullable<Text>,
+        remote_addr -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    workspaces,
+    workspace_builds,
+    workspace_resources,
+    workspace_agents,
+    agent_sessions,
+    audit_log,
+);

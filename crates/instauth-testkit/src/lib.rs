@@ -1,0 +1,1 @@
+//! Test support for instauth: test CAs and keys, fake metadata servers, test databases.

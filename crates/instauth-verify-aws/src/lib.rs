@@ -1,0 +1,1 @@
+//! AWS instance identity document verifier.

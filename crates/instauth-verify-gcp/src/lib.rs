@@ -1,0 +1,1 @@
+//! Google instance identity JWT verifier.

@@ -1,0 +1,1 @@
+//! Common identity types, proof type, clock and errors for instauth verifiers.
