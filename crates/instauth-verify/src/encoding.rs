@@ -1,0 +1,56 @@
+//! Base64 decoding for proofs that clouds hand out wrapped in lines.
+
+use base64::Engine;
+
+/// A proof field that is not valid base64. Carries no part of the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not valid base64: {reason}")]
+pub struct Base64Error {
+    reason: String,
+}
+
+/// Inputs larger than this are refused before decoding; real proofs are a few KiB.
+pub const MAX_ENCODED_LEN: usize = 256 * 1024;
+
+/// Decodes standard, padded base64, ignoring ASCII white space.
+///
+/// IMDS returns the AWS signature and PKCS#7 bodies wrapped at 64 or 76 columns, and agents pass
+/// them on verbatim, so line breaks must be accepted; anything else outside the alphabet is not.
+pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Error> {
+    if input.len() > MAX_ENCODED_LEN {
+        return Err(Base64Error {
+            reason: format!("longer than {MAX_ENCODED_LEN} bytes"),
+        });
+    }
+    let compact: Vec<u8> = input
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if compact.is_empty() {
+        return Err(Base64Error {
+            reason: "empty".into(),
+        });
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .map_err(|e| Base64Error {
+            // base64's messages name offsets and symbols of the input, never more than one byte.
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_wrapped_lines_and_rejects_junk() {
+        assert_eq!(
+            decode_base64_lenient_whitespace("aGVs\nbG8=\r\n").unwrap(),
+            b"hello"
+        );
+        assert!(decode_base64_lenient_whitespace("aGVs*bG8=").is_err());
+        assert!(decode_base64_lenient_whitespace("aGVsbG8").is_err());
+        assert!(decode_base64_lenient_whitespace("  ").is_err());
+    }
+}
