@@ -37,7 +37,9 @@ use uuid::Uuid;
 
 pub use error::StoreError;
 pub use model::*;
-use schema::{agent_sessions, audit_log, workspace_agents, workspace_builds, workspace_resources, workspaces};
+use schema::{
+    agent_sessions, audit_log, workspace_agents, workspace_builds, workspace_resources, workspaces,
+};
 
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -194,7 +196,9 @@ macro_rules! agent_context_query {
                     .eq(workspace_agents::workspace_id)
                     .and(workspaces::latest_build_id.eq(workspace_agents::build_id.nullable()))),
             )
-            .inner_join(workspace_builds::table.on(workspace_builds::id.eq(workspace_agents::build_id)))
+            .inner_join(
+                workspace_builds::table.on(workspace_builds::id.eq(workspace_agents::build_id)),
+            )
             .inner_join(
                 workspace_resources::table
                     .on(workspace_resources::id.eq(workspace_agents::resource_id)),
@@ -322,7 +326,10 @@ macro_rules! pg_insert_many {
     ($conn:expr, $table:expr, $rows:expr) => {
         Box::pin(async move {
             for chunk in $rows.chunks(INSERT_CHUNK) {
-                diesel::insert_into($table).values(chunk).execute($conn).await?;
+                diesel::insert_into($table)
+                    .values(chunk)
+                    .execute($conn)
+                    .await?;
             }
             Ok(())
         })
@@ -371,7 +378,12 @@ struct BuildRows {
     created: Vec<CreatedAgent>,
 }
 
-fn build_rows(build: &NewBuild, build_id: &str, workspace_id: &str, at: NaiveDateTime) -> Result<BuildRows> {
+fn build_rows(
+    build: &NewBuild,
+    build_id: &str,
+    workspace_id: &str,
+    at: NaiveDateTime,
+) -> Result<BuildRows> {
     let mut resources = Vec::new();
     let mut ids: HashMap<&str, String> = HashMap::new();
     let mut pending = Vec::new();
@@ -734,7 +746,11 @@ impl Store {
         let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
         let bind_literals = |sql: String, binds: [&str; 2]| {
             // debug_query renders "<sql> -- binds: [...]"; inline the two text binds.
-            let sql = sql.split(" -- binds:").next().unwrap_or_default().to_owned();
+            let sql = sql
+                .split(" -- binds:")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             sql.replacen("$1", &lit(binds[0]), 1)
                 .replacen("$2", &lit(binds[1]), 1)
                 .replacen('?', &lit(binds[0]), 1)
@@ -749,18 +765,25 @@ impl Store {
                 let rows: Vec<PgPlan> = diesel::sql_query(format!("EXPLAIN {sql}"))
                     .load(&mut conn)
                     .await?;
-                Ok(rows.into_iter().map(|r| r.line).collect::<Vec<_>>().join("\n"))
+                Ok(rows
+                    .into_iter()
+                    .map(|r| r.line)
+                    .collect::<Vec<_>>()
+                    .join("\n"))
             }
             Backend::Sqlite(pool) => {
                 let q = candidates_query!(auth.as_str(), instance_id);
                 let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&q).to_string();
                 let sql = bind_literals(sql, [instance_id, auth.as_str()]);
                 let mut conn = checkout!(pool);
-                let rows: Vec<SqlitePlan> =
-                    diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
-                        .load(&mut conn)
-                        .await?;
-                Ok(rows.into_iter().map(|r| r.detail).collect::<Vec<_>>().join("\n"))
+                let rows: Vec<SqlitePlan> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+                    .load(&mut conn)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| r.detail)
+                    .collect::<Vec<_>>()
+                    .join("\n"))
             }
         }
     }
@@ -792,9 +815,10 @@ impl Store {
         let (ws, resources, agents): (Vec<WsRow>, Vec<(String, String, String)>, Vec<AgentRow>) =
             with_conn!(self, |conn| {
                 let mut q = workspaces::table
-                    .inner_join(workspace_builds::table.on(
-                        workspaces::latest_build_id.eq(workspace_builds::id.nullable()),
-                    ))
+                    .inner_join(
+                        workspace_builds::table
+                            .on(workspaces::latest_build_id.eq(workspace_builds::id.nullable())),
+                    )
                     .filter(workspaces::deleted_at.is_null())
                     .select((
                         workspaces::id,
@@ -897,39 +921,37 @@ impl Store {
         let at = now();
         with_conn!(self, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                {
-                    let id: Option<String> = diesel::update(
-                        workspaces::table
-                            .filter(workspaces::name.eq(name))
-                            .filter(workspaces::deleted_at.is_null()),
-                    )
-                    .set(workspaces::deleted_at.eq(at))
-                    .returning(workspaces::id)
-                    .get_result(conn)
-                    .await
-                    .optional()?;
-                    let Some(id) = id else { return Ok(false) };
-                    diesel::delete(
-                        agent_sessions::table.filter(
-                            agent_sessions::agent_id.eq_any(
-                                workspace_agents::table
-                                    .filter(workspace_agents::workspace_id.eq(&id))
-                                    .select(workspace_agents::id),
-                            ),
+                let id: Option<String> = diesel::update(
+                    workspaces::table
+                        .filter(workspaces::name.eq(name))
+                        .filter(workspaces::deleted_at.is_null()),
+                )
+                .set(workspaces::deleted_at.eq(at))
+                .returning(workspaces::id)
+                .get_result(conn)
+                .await
+                .optional()?;
+                let Some(id) = id else { return Ok(false) };
+                diesel::delete(
+                    agent_sessions::table.filter(
+                        agent_sessions::agent_id.eq_any(
+                            workspace_agents::table
+                                .filter(workspace_agents::workspace_id.eq(&id))
+                                .select(workspace_agents::id),
                         ),
-                    )
-                    .execute(conn)
-                    .await?;
-                    diesel::update(
-                        workspace_agents::table
-                            .filter(workspace_agents::workspace_id.eq(&id))
-                            .filter(workspace_agents::deleted_at.is_null()),
-                    )
-                    .set(workspace_agents::deleted_at.eq(at))
-                    .execute(conn)
-                    .await?;
-                    Ok(true)
-                }
+                    ),
+                )
+                .execute(conn)
+                .await?;
+                diesel::update(
+                    workspace_agents::table
+                        .filter(workspace_agents::workspace_id.eq(&id))
+                        .filter(workspace_agents::deleted_at.is_null()),
+                )
+                .set(workspace_agents::deleted_at.eq(at))
+                .execute(conn)
+                .await?;
+                Ok(true)
             })
             .await
         })
@@ -1092,23 +1114,25 @@ impl Store {
                 .await?
         });
         rows.into_iter()
-            .map(|(id, time, provider, instance_id, agent_name, outcome, agent_id, remote_addr)| {
-                Ok(AuditRecord {
-                    id,
-                    record: NewAuditRecord {
-                        time,
-                        provider,
-                        instance_id,
-                        agent_name,
-                        outcome,
-                        agent_id: agent_id
-                            .as_deref()
-                            .map(|s| parse_id("audit_log.agent_id", s))
-                            .transpose()?,
-                        remote_addr,
-                    },
-                })
-            })
+            .map(
+                |(id, time, provider, instance_id, agent_name, outcome, agent_id, remote_addr)| {
+                    Ok(AuditRecord {
+                        id,
+                        record: NewAuditRecord {
+                            time,
+                            provider,
+                            instance_id,
+                            agent_name,
+                            outcome,
+                            agent_id: agent_id
+                                .as_deref()
+                                .map(|s| parse_id("audit_log.agent_id", s))
+                                .transpose()?,
+                            remote_addr,
+                        },
+                    })
+                },
+            )
             .collect()
     }
 }

@@ -126,7 +126,9 @@ impl Drop for TestDb {
                 rt.block_on(async move {
                     if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
                         let _ = conn
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
                             .await;
                     }
                 });

@@ -2,8 +2,8 @@
 
 use chrono::Duration;
 use instauth_store::{
-    backend_test, now, AgentAuth, LifecycleState, NewAgent, NewAuditRecord, NewBuild,
-    NewResource, Store, StoreError,
+    backend_test, now, AgentAuth, LifecycleState, NewAgent, NewAuditRecord, NewBuild, NewResource,
+    Store, StoreError,
 };
 
 const AWS: AgentAuth = AgentAuth::AwsInstanceIdentity;
@@ -11,7 +11,12 @@ const AWS: AgentAuth = AgentAuth::AwsInstanceIdentity;
 fn agent(name: &str, iid: Option<&str>) -> NewAgent {
     NewAgent {
         name: name.into(),
-        auth: if iid.is_some() { "aws-instance-identity" } else { "token" }.into(),
+        auth: if iid.is_some() {
+            "aws-instance-identity"
+        } else {
+            "token"
+        }
+        .into(),
         instance_id: iid.map(Into::into),
         parent: None,
         token_hash: None,
@@ -59,23 +64,30 @@ backend_test!(two_root_agents_share_an_instance, |store| async move {
     let named = store.candidates_named(AWS, "i-1", "main").await.unwrap();
     assert_eq!(named.len(), 1);
     assert_eq!(named[0].agent_id, main_id);
-    assert!(store.candidates_named(AWS, "i-1", "nope").await.unwrap().is_empty());
-    assert!(store.candidates(AWS, "i-2").await.unwrap().is_empty());
-});
-
-backend_test!(sub_agent_sharing_the_instance_is_excluded, |store| async move {
-    let b = build(vec![
-        agent("main", Some("i-1")),
-        sub_agent("devcontainer", "i-1", "main"),
-    ]);
-    store.create_build("ws", &b).await.unwrap();
-    assert_eq!(names(&store, "i-1").await, vec!["main"]);
     assert!(store
-        .candidates_named(AWS, "i-1", "devcontainer")
+        .candidates_named(AWS, "i-1", "nope")
         .await
         .unwrap()
         .is_empty());
+    assert!(store.candidates(AWS, "i-2").await.unwrap().is_empty());
 });
+
+backend_test!(
+    sub_agent_sharing_the_instance_is_excluded,
+    |store| async move {
+        let b = build(vec![
+            agent("main", Some("i-1")),
+            sub_agent("devcontainer", "i-1", "main"),
+        ]);
+        store.create_build("ws", &b).await.unwrap();
+        assert_eq!(names(&store, "i-1").await, vec!["main"]);
+        assert!(store
+            .candidates_named(AWS, "i-1", "devcontainer")
+            .await
+            .unwrap()
+            .is_empty());
+    }
+);
 
 backend_test!(agents_of_older_builds_are_excluded, |store| async move {
     store
@@ -94,7 +106,15 @@ backend_test!(agents_of_older_builds_are_excluded, |store| async move {
         .unwrap();
     assert_eq!(third.build_number, 3);
     assert!(names(&store, "i-1").await.is_empty());
-    assert_eq!(store.get_workspace("ws").await.unwrap().unwrap().build_number, 3);
+    assert_eq!(
+        store
+            .get_workspace("ws")
+            .await
+            .unwrap()
+            .unwrap()
+            .build_number,
+        3
+    );
 });
 
 backend_test!(deleted_workspace_is_excluded, |store| async move {
@@ -125,7 +145,10 @@ backend_test!(same_instance_in_two_workspaces, |store| async move {
         .await
         .unwrap();
     let c = store.candidates(AWS, "i-1").await.unwrap();
-    let ws: Vec<_> = c.iter().map(|c| (c.workspace_name.as_str(), c.agent_name.as_str())).collect();
+    let ws: Vec<_> = c
+        .iter()
+        .map(|c| (c.workspace_name.as_str(), c.agent_name.as_str()))
+        .collect();
     assert_eq!(ws, vec![("beta", "dev"), ("alpha", "main")]);
     let named = store.candidates_named(AWS, "i-1", "dev").await.unwrap();
     assert_eq!(named.len(), 1);
@@ -149,7 +172,10 @@ backend_test!(other_auth_methods_are_excluded, |store| async move {
 
 backend_test!(candidate_lookups_are_one_statement, |store| async move {
     store
-        .create_build("ws", &build(vec![agent("main", Some("i-1")), agent("dev", Some("i-1"))]))
+        .create_build(
+            "ws",
+            &build(vec![agent("main", Some("i-1")), agent("dev", Some("i-1"))]),
+        )
         .await
         .unwrap();
     // Warm the pool so connection set-up is not in the count.
@@ -158,45 +184,55 @@ backend_test!(candidate_lookups_are_one_statement, |store| async move {
     assert_eq!(store.candidates(AWS, "i-1").await.unwrap().len(), 2);
     assert_eq!(store.queries_total() - before, 1);
     let before = store.queries_total();
-    assert_eq!(store.candidates_named(AWS, "i-1", "dev").await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .candidates_named(AWS, "i-1", "dev")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.queries_total() - before, 1);
 });
 
-backend_test!(invalid_builds_list_every_problem_and_store_nothing, |store| async move {
-    let b = build(vec![
-        agent("main", Some("i-1")),
-        agent("main", None),
-        NewAgent {
-            parent: Some("ghost".into()),
-            ..agent("sub", None)
-        },
-        NewAgent {
-            instance_id: None,
-            ..agent("aws", Some("x"))
-        },
-    ]);
-    match store.create_build("Bad Name", &b).await {
-        Err(StoreError::Validation(errs)) => {
-            assert_eq!(errs.len(), 1, "workspace name is checked first: {errs:?}")
+backend_test!(
+    invalid_builds_list_every_problem_and_store_nothing,
+    |store| async move {
+        let b = build(vec![
+            agent("main", Some("i-1")),
+            agent("main", None),
+            NewAgent {
+                parent: Some("ghost".into()),
+                ..agent("sub", None)
+            },
+            NewAgent {
+                instance_id: None,
+                ..agent("aws", Some("x"))
+            },
+        ]);
+        match store.create_build("Bad Name", &b).await {
+            Err(StoreError::Validation(errs)) => {
+                assert_eq!(errs.len(), 1, "workspace name is checked first: {errs:?}")
+            }
+            other => panic!("expected validation error, got {other:?}"),
         }
-        other => panic!("expected validation error, got {other:?}"),
-    }
-    match store.create_build("ws", &b).await {
-        Err(StoreError::Validation(errs)) => {
-            let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-            assert_eq!(
-                fields,
-                vec![
-                    "resources[0].agents[1].name",
-                    "resources[0].agents[2].parent",
-                    "resources[0].agents[3].instance_id",
-                ]
-            );
+        match store.create_build("ws", &b).await {
+            Err(StoreError::Validation(errs)) => {
+                let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+                assert_eq!(
+                    fields,
+                    vec![
+                        "resources[0].agents[1].name",
+                        "resources[0].agents[2].parent",
+                        "resources[0].agents[3].instance_id",
+                    ]
+                );
+            }
+            other => panic!("expected validation error, got {other:?}"),
         }
-        other => panic!("expected validation error, got {other:?}"),
+        assert!(store.list_workspaces().await.unwrap().is_empty());
     }
-    assert!(store.list_workspaces().await.unwrap().is_empty());
-});
+);
 
 backend_test!(list_show_and_sub_agents, |store| async move {
     let b = NewBuild {
@@ -204,7 +240,10 @@ backend_test!(list_show_and_sub_agents, |store| async move {
             NewResource {
                 name: "vm".into(),
                 resource_type: "aws_instance".into(),
-                agents: vec![agent("main", Some("i-1")), sub_agent("child", "i-1", "main")],
+                agents: vec![
+                    agent("main", Some("i-1")),
+                    sub_agent("child", "i-1", "main"),
+                ],
             },
             NewResource {
                 name: "box".into(),
@@ -219,7 +258,10 @@ backend_test!(list_show_and_sub_agents, |store| async move {
         .await
         .unwrap();
     let all = store.list_workspaces().await.unwrap();
-    assert_eq!(all.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["another", "ws"]);
+    assert_eq!(
+        all.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        ["another", "ws"]
+    );
     let ws = store.get_workspace("ws").await.unwrap().unwrap();
     assert_eq!(ws.resources.len(), 2);
     assert_eq!(ws.resources[0].name, "box");
@@ -232,30 +274,43 @@ backend_test!(list_show_and_sub_agents, |store| async move {
     assert!(store.get_workspace("missing").await.unwrap().is_none());
 });
 
-backend_test!(sessions_live_expire_and_end_with_their_workspace, |store| async move {
-    let created = store
-        .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
-        .await
-        .unwrap();
-    let id = created.agents[0].id;
-    let t = now();
-    store.create_session(b"hash-live", id, t + Duration::hours(1)).await.unwrap();
-    store.create_session(b"hash-old", id, t - Duration::seconds(1)).await.unwrap();
-    let ctx = store.session_agent(b"hash-live", t).await.unwrap().unwrap();
-    assert_eq!(ctx.agent_id, id);
-    assert_eq!(ctx.agent_name, "main");
-    assert_eq!(ctx.workspace_name, "ws");
-    assert_eq!(ctx.build_number, 1);
-    assert_eq!(ctx.resource_type, "aws_instance");
-    assert!(store.session_agent(b"hash-old", t).await.unwrap().is_none());
-    assert!(store.session_agent(b"unknown", t).await.unwrap().is_none());
-    let before = store.queries_total();
-    store.session_agent(b"hash-live", t).await.unwrap();
-    assert_eq!(store.queries_total() - before, 1);
-    assert_eq!(store.delete_expired_sessions(t).await.unwrap(), 1);
-    assert!(store.delete_workspace("ws").await.unwrap());
-    assert!(store.session_agent(b"hash-live", t).await.unwrap().is_none());
-});
+backend_test!(
+    sessions_live_expire_and_end_with_their_workspace,
+    |store| async move {
+        let created = store
+            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+            .await
+            .unwrap();
+        let id = created.agents[0].id;
+        let t = now();
+        store
+            .create_session(b"hash-live", id, t + Duration::hours(1))
+            .await
+            .unwrap();
+        store
+            .create_session(b"hash-old", id, t - Duration::seconds(1))
+            .await
+            .unwrap();
+        let ctx = store.session_agent(b"hash-live", t).await.unwrap().unwrap();
+        assert_eq!(ctx.agent_id, id);
+        assert_eq!(ctx.agent_name, "main");
+        assert_eq!(ctx.workspace_name, "ws");
+        assert_eq!(ctx.build_number, 1);
+        assert_eq!(ctx.resource_type, "aws_instance");
+        assert!(store.session_agent(b"hash-old", t).await.unwrap().is_none());
+        assert!(store.session_agent(b"unknown", t).await.unwrap().is_none());
+        let before = store.queries_total();
+        store.session_agent(b"hash-live", t).await.unwrap();
+        assert_eq!(store.queries_total() - before, 1);
+        assert_eq!(store.delete_expired_sessions(t).await.unwrap(), 1);
+        assert!(store.delete_workspace("ws").await.unwrap());
+        assert!(store
+            .session_agent(b"hash-live", t)
+            .await
+            .unwrap()
+            .is_none());
+    }
+);
 
 backend_test!(a_new_build_ends_old_agents_sessions, |store| async move {
     let first = store
@@ -273,7 +328,10 @@ backend_test!(a_new_build_ends_old_agents_sessions, |store| async move {
         .await
         .unwrap();
     assert!(store.session_agent(b"s1", t).await.unwrap().is_none());
-    assert!(!store.delete_session(b"s1").await.unwrap(), "removed with the old build");
+    assert!(
+        !store.delete_session(b"s1").await.unwrap(),
+        "removed with the old build"
+    );
 });
 
 backend_test!(static_agent_tokens_by_hash, |store| async move {
@@ -287,25 +345,40 @@ backend_test!(static_agent_tokens_by_hash, |store| async move {
     assert!(store.token_agent(b"other").await.unwrap().is_none());
 });
 
-backend_test!(heartbeats_record_first_and_last_connection, |store| async move {
-    let created = store
-        .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
-        .await
-        .unwrap();
-    let id = created.agents[0].id;
-    let t1 = now();
-    let t2 = t1 + Duration::seconds(15);
-    assert!(store.record_heartbeat(id, LifecycleState::Starting, t1).await.unwrap());
-    assert!(store.record_heartbeat(id, LifecycleState::Ready, t2).await.unwrap());
-    let a = store.get_workspace("ws").await.unwrap().unwrap().agents.remove(0);
-    assert_eq!(a.lifecycle_state, LifecycleState::Ready);
-    assert_eq!(a.first_connected_at, Some(t1));
-    assert_eq!(a.last_connected_at, Some(t2));
-    assert!(!store
-        .record_heartbeat(uuid::Uuid::new_v4(), LifecycleState::Ready, t2)
-        .await
-        .unwrap());
-});
+backend_test!(
+    heartbeats_record_first_and_last_connection,
+    |store| async move {
+        let created = store
+            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+            .await
+            .unwrap();
+        let id = created.agents[0].id;
+        let t1 = now();
+        let t2 = t1 + Duration::seconds(15);
+        assert!(store
+            .record_heartbeat(id, LifecycleState::Starting, t1)
+            .await
+            .unwrap());
+        assert!(store
+            .record_heartbeat(id, LifecycleState::Ready, t2)
+            .await
+            .unwrap());
+        let a = store
+            .get_workspace("ws")
+            .await
+            .unwrap()
+            .unwrap()
+            .agents
+            .remove(0);
+        assert_eq!(a.lifecycle_state, LifecycleState::Ready);
+        assert_eq!(a.first_connected_at, Some(t1));
+        assert_eq!(a.last_connected_at, Some(t2));
+        assert!(!store
+            .record_heartbeat(uuid::Uuid::new_v4(), LifecycleState::Ready, t2)
+            .await
+            .unwrap());
+    }
+);
 
 backend_test!(audit_batches_and_lists_newest_first, |store| async move {
     let t = now();
@@ -322,7 +395,11 @@ backend_test!(audit_batches_and_lists_newest_first, |store| async move {
         .collect();
     let before = store.queries_total();
     store.insert_audit(&records).await.unwrap();
-    assert_eq!(store.queries_total() - before, 3, "2500 records in chunks of 1000");
+    assert_eq!(
+        store.queries_total() - before,
+        3,
+        "2500 records in chunks of 1000"
+    );
     let listed = store.list_audit(3).await.unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0].record, records[2499]);

@@ -1,0 +1,74 @@
+//! Running the real `instauth` binary in tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `instauth server`, killed on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+/// The `instauth` command with a clean environment for data directories.
+pub fn instauth(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_instauth"));
+    cmd.env_remove("XDG_DATA_HOME")
+        .env_remove("INSTAUTH_DATA_DIR")
+        .env_remove("INSTAUTH_POSTGRES_URL")
+        .env_remove("INSTAUTH_LISTEN")
+        .env("HOME", home);
+    cmd
+}
+
+impl Server {
+    /// Starts `cmd` (an `instauth server ...` command) and waits for its "listening on" line.
+    pub fn start(mut cmd: Command) -> Server {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn instauth");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        break url.trim().to_owned();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("instauth server exited before listening: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("instauth did not stop within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
