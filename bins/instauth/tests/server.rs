@@ -1,4 +1,5 @@
 //! `instauth server` and `instauth migrate` as a user runs them.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -14,7 +14,7 @@ pub enum StoreError {
     Unavailable(String),
     /// The database answered with an error.
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(diesel::result::Error),
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
@@ -38,5 +38,18 @@ impl StoreError {
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for StoreError {
     fn from(e: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            // A pooled connection the server closed (restart, failover): retry later.
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                StoreError::Unavailable(info.message().to_owned())
+            }
+            other => StoreError::Database(other),
+        }
     }
 }

@@ -812,7 +812,8 @@ impl Store {
             Option<NaiveDateTime>,
             Option<NaiveDateTime>,
         );
-        let (ws, resources, agents): (Vec<WsRow>, Vec<(String, String, String)>, Vec<AgentRow>) =
+        type ResourceRow = (String, String, String);
+        let (ws, resources, agents): (Vec<WsRow>, Vec<ResourceRow>, Vec<AgentRow>) =
             with_conn!(self, |conn| {
                 let mut q = workspaces::table
                     .inner_join(

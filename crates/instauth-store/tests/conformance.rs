@@ -1,4 +1,5 @@
 //! The store's conformance suite: every test body runs on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used)]
 
 use chrono::Duration;
 use instauth_store::{

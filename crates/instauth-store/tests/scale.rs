@@ -1,0 +1,70 @@
+//! With 100k agents seeded, the candidate query stays index-driven on both backends.
+#![allow(clippy::unwrap_used)]
+
+use instauth_store::{backend_test, AgentAuth, NewAgent, NewBuild, NewResource};
+
+const WORKSPACES: usize = 100;
+const AGENTS_PER_BUILD: usize = 500; // two builds each: 100 * 2 * 500 = 100k agents
+
+fn seeded_build(ws: usize) -> NewBuild {
+    NewBuild {
+        resources: vec![NewResource {
+            name: "vm".into(),
+            resource_type: "aws_instance".into(),
+            agents: (0..AGENTS_PER_BUILD)
+                .map(|n| NewAgent {
+                    name: format!("a{n}"),
+                    auth: "aws-instance-identity".into(),
+                    // Two root agents per instance; the same IDs in both builds.
+                    instance_id: Some(format!("i-{ws}-{}", n / 2)),
+                    parent: None,
+                    token_hash: None,
+                })
+                .collect(),
+        }],
+    }
+}
+
+backend_test!(
+    candidate_query_is_index_driven_with_100k_agents,
+    |store| async move {
+        for ws in 0..WORKSPACES {
+            for _build in 0..2 {
+                store
+                    .create_build(&format!("ws{ws}"), &seeded_build(ws))
+                    .await
+                    .unwrap();
+            }
+        }
+        let listed = store.list_workspaces().await.unwrap();
+        assert_eq!(listed.len(), WORKSPACES);
+        assert_eq!(listed[0].build_number, 2);
+
+        let id = "i-42-7";
+        let c = store
+            .candidates(AgentAuth::AwsInstanceIdentity, id)
+            .await
+            .unwrap();
+        let names: Vec<_> = c.iter().map(|c| c.agent_name.as_str()).collect();
+        assert_eq!(names, vec!["a14", "a15"], "only the latest build's agents");
+
+        let plan = store
+            .explain_candidates(AgentAuth::AwsInstanceIdentity, id)
+            .await
+            .unwrap();
+        println!(
+            "candidate query plan ({:?}):\n{plan}",
+            store.config().describe()
+        );
+        assert!(
+            plan.contains("workspace_agents_instance"),
+            "index not used:\n{plan}"
+        );
+        // PostgreSQL says "Seq Scan", SQLite "SCAN <table>" (vs "SEARCH") for a full scan.
+        assert!(!plan.contains("Seq Scan"), "sequential scan:\n{plan}");
+        assert!(
+            !plan.lines().any(|l| l.trim_start().starts_with("SCAN")),
+            "table scan:\n{plan}"
+        );
+    }
+);
