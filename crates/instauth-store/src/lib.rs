@@ -182,6 +182,7 @@ macro_rules! candidates_query {
                 workspace_resources::name,
                 workspaces::id,
                 workspaces::name,
+                workspace_agents::session_generation,
             ))
     };
 }
@@ -222,7 +223,7 @@ diesel::define_sql_function! {
     fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>, y: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>) -> diesel::sql_types::Nullable<diesel::sql_types::Timestamp>;
 }
 
-type CandidateRow = (String, String, String, String, String, String);
+type CandidateRow = (String, String, String, String, String, String, i32);
 type ContextRow = (String, String, String, String, i32, String, String);
 
 fn parse_id(column: &'static str, value: &str) -> Result<Uuid> {
@@ -240,7 +241,7 @@ fn parse_auth(value: &str) -> Result<AgentAuth> {
 }
 
 fn candidate(row: CandidateRow) -> Result<Candidate> {
-    let (id, name, auth, resource, ws_id, ws_name) = row;
+    let (id, name, auth, resource, ws_id, ws_name, session_generation) = row;
     Ok(Candidate {
         agent_id: parse_id("workspace_agents.id", &id)?,
         agent_name: name,
@@ -248,6 +249,7 @@ fn candidate(row: CandidateRow) -> Result<Candidate> {
         resource_name: resource,
         workspace_id: parse_id("workspaces.id", &ws_id)?,
         workspace_name: ws_name,
+        session_generation,
     })
 }
 
@@ -1010,6 +1012,66 @@ impl Store {
                 .optional()?
         });
         row.map(context).transpose()
+    }
+
+    /// The agent behind a signed session token, if it is live, in the latest build of a live
+    /// workspace, and its session generation still matches. One primary-key read.
+    pub async fn session_agent_by_id(
+        &self,
+        agent_id: Uuid,
+        session_generation: i32,
+    ) -> Result<Option<AgentContext>> {
+        let row: Option<ContextRow> = with_conn!(self, |conn| {
+            agent_context_query!(workspace_agents::table)
+                .filter(workspace_agents::id.eq(agent_id.to_string()))
+                .filter(workspace_agents::session_generation.eq(session_generation))
+                .first(conn)
+                .await
+                .optional()?
+        });
+        row.map(context).transpose()
+    }
+
+    /// Revokes every signed session of an agent by bumping its session generation. Returns
+    /// false if the agent does not exist.
+    pub async fn revoke_agent_sessions(&self, agent_id: Uuid) -> Result<bool> {
+        with_conn!(self, |conn| {
+            let n = diesel::update(workspace_agents::table.find(agent_id.to_string()))
+                .set(
+                    workspace_agents::session_generation
+                        .eq(workspace_agents::session_generation + 1),
+                )
+                .execute(conn)
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// The named server secret, created from `generate()` on first use. Every replica gets the
+    /// same value: the first insert wins and everyone reads it back.
+    pub async fn server_secret(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let fresh = generate();
+        let at = now();
+        with_conn!(self, |conn| {
+            diesel::insert_into(schema::server_keys::table)
+                .values((
+                    schema::server_keys::name.eq(name),
+                    schema::server_keys::secret.eq(&fresh),
+                    schema::server_keys::created_at.eq(at),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?;
+            Ok(schema::server_keys::table
+                .find(name)
+                .select(schema::server_keys::secret)
+                .first(conn)
+                .await?)
+        })
     }
 
     /// Ends one session. Returns whether it existed.

@@ -166,6 +166,8 @@ pub struct Candidate {
     pub workspace_id: Uuid,
     /// The workspace's name.
     pub workspace_name: String,
+    /// The agent's session generation, signed into its session tokens.
+    pub session_generation: i32,
 }
 
 /// Everything the agent API needs to know about an authenticated agent.

@@ -47,6 +47,15 @@ diesel::table! {
         last_connected_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         deleted_at -> Nullable<Timestamp>,
+        session_generation -> Integer,
+    }
+}
+
+diesel::table! {
+    server_keys (name) {
+        name -> Text,
+        secret -> Binary,
+        created_at -> Timestamp,
     }
 }
 
@@ -79,4 +88,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     workspace_agents,
     agent_sessions,
     audit_log,
+    server_keys,
 );

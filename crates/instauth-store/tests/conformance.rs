@@ -430,3 +430,49 @@ backend_test!(concurrent_builds_get_distinct_numbers, |store| async move {
 backend_test!(ping_answers, |store| async move {
     store.ping().await.unwrap();
 });
+
+backend_test!(
+    signed_session_lookups_follow_generation_and_liveness,
+    |store| async move {
+        let created = store
+            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+            .await
+            .unwrap();
+        let id = created.agents[0].id;
+        let c = &store.candidates(AWS, "i-1").await.unwrap()[0];
+        assert_eq!(c.session_generation, 0);
+        let before = store.queries_total();
+        let ctx = store.session_agent_by_id(id, 0).await.unwrap().unwrap();
+        assert_eq!(store.queries_total() - before, 1);
+        assert_eq!(ctx.agent_name, "main");
+        assert!(store.session_agent_by_id(id, 1).await.unwrap().is_none());
+        assert!(store.revoke_agent_sessions(id).await.unwrap());
+        assert!(store.session_agent_by_id(id, 0).await.unwrap().is_none());
+        assert!(store.session_agent_by_id(id, 1).await.unwrap().is_some());
+        assert_eq!(
+            store.candidates(AWS, "i-1").await.unwrap()[0].session_generation,
+            1
+        );
+        store
+            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+            .await
+            .unwrap();
+        assert!(
+            store.session_agent_by_id(id, 1).await.unwrap().is_none(),
+            "old build"
+        );
+    }
+);
+
+backend_test!(server_secret_is_created_once, |store| async move {
+    let a = store
+        .server_secret("session", || vec![1; 32])
+        .await
+        .unwrap();
+    let b = store
+        .server_secret("session", || vec![2; 32])
+        .await
+        .unwrap();
+    assert_eq!(a, vec![1; 32]);
+    assert_eq!(b, a);
+});

@@ -1,0 +1,2 @@
+ALTER TABLE workspace_agents DROP COLUMN session_generation;
+DROP TABLE server_keys;
