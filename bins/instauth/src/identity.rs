@@ -69,7 +69,10 @@ fn read_input(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], args: &IdentityVerifyArgs) -> anyhow::Result<T> {
+fn body<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    args: &IdentityVerifyArgs,
+) -> anyhow::Result<T> {
     serde_json::from_slice(bytes).with_context(|| {
         format!(
             "{} is not a {:?} request body (JSON as an agent would POST it)",

@@ -135,7 +135,12 @@ fn gcp_token_verifies_against_a_jwks_file() {
     std::fs::write(&jwks, TestPki::gcp_jwks_json()).unwrap();
     let body = serde_json::to_value(pki.gcp_jwt("4242", "coder")).unwrap();
     let jwks_arg = jwks.to_str().unwrap();
-    let id = identity(&run(dir.path(), "gcp", &body, &["--google-jwks-url", jwks_arg]));
+    let id = identity(&run(
+        dir.path(),
+        "gcp",
+        &body,
+        &["--google-jwks-url", jwks_arg],
+    ));
     assert_eq!(id["instance_id"], "4242");
     assert_eq!(id["project_id"], "test-project");
     assert_eq!(id["zone"], "us-central1-a");
@@ -150,7 +155,12 @@ fn gcp_token_verifies_against_a_jwks_file() {
     assert!(out.stderr.contains("audience"), "{}", out.stderr);
 
     let at = (pki.now + chrono::Duration::hours(3)).to_rfc3339();
-    let out = run(dir.path(), "gcp", &body, &["--google-jwks-url", jwks_arg, "--at", &at]);
+    let out = run(
+        dir.path(),
+        "gcp",
+        &body,
+        &["--google-jwks-url", jwks_arg, "--at", &at],
+    );
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
 }

@@ -102,7 +102,10 @@ impl Pkcs7Signer {
                     .to_vec()
             });
             let attrs = vec![
-                tlv(0x30, &[oid(ID_CONTENT_TYPE), der_set(vec![oid(ID_DATA)])].concat()),
+                tlv(
+                    0x30,
+                    &[oid(ID_CONTENT_TYPE), der_set(vec![oid(ID_DATA)])].concat(),
+                ),
                 tlv(
                     0x30,
                     &[oid(ID_MESSAGE_DIGEST), der_set(vec![tlv(0x04, &digest)])].concat(),

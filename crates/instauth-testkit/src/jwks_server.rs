@@ -27,7 +27,10 @@ async fn serve(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     shared.hits.fetch_add(1, Ordering::SeqCst);
     let (status, body, max_age) = shared.response.lock().unwrap().clone();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let cache = max_age.map_or_else(|| "no-store".to_string(), |a| format!("public, max-age={a}, must-revalidate"));
+    let cache = max_age.map_or_else(
+        || "no-store".to_string(),
+        |a| format!("public, max-age={a}, must-revalidate"),
+    );
     (
         status,
         [

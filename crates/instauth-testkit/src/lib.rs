@@ -85,7 +85,8 @@ pub struct Validity {
 fn ca_params(cn: &str, validity: Validity, serial: u64) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name.push(DnType::OrganizationName, "instauth test");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "instauth test");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -123,9 +124,8 @@ pub fn issue_leaf(
     serial: u64,
     issuer: &Issued,
 ) -> Issued {
-    let mut p =
-        CertificateParams::new(dns_names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
+    let mut p = CertificateParams::new(dns_names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -145,7 +145,12 @@ pub fn issue_leaf(
 
 /// A certificate for a key rcgen cannot load (RSA-1024), issued by `issuer`. AWS region
 /// certificates only carry a public key, so this is all the AWS tests need.
-pub fn issue_for_public_key(cn: &str, key: TestKey, validity: Validity, issuer: &Issued) -> Vec<u8> {
+pub fn issue_for_public_key(
+    cn: &str,
+    key: TestKey,
+    validity: Validity,
+    issuer: &Issued,
+) -> Vec<u8> {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.not_before = offset(validity.not_before);
@@ -217,8 +222,10 @@ impl TestPki {
             not_after: now + Duration::hours(1),
         };
         let aws_ca = issue_root("instauth test AWS", long, 1);
-        let aws_cert_1024 = issue_for_public_key("ec2 test 1024", TestKey::AwsRegion1024, long, &aws_ca);
-        let aws_cert_2048 = issue_for_public_key("ec2 test 2048", TestKey::AwsRegion2048, long, &aws_ca);
+        let aws_cert_1024 =
+            issue_for_public_key("ec2 test 1024", TestKey::AwsRegion1024, long, &aws_ca);
+        let aws_cert_2048 =
+            issue_for_public_key("ec2 test 2048", TestKey::AwsRegion2048, long, &aws_ca);
         let azure_root = issue_root("instauth test Azure root", long, 10);
         let azure_intermediate =
             issue_intermediate("instauth test Azure TLS CA", long, 11, &azure_root);
@@ -280,17 +287,20 @@ impl TestPki {
         let document = Self::aws_document(instance_id, region, "123456789012");
         AwsInstanceIdentityRequest {
             signature: Self::aws_signature(document.as_bytes(), TestKey::AwsRegion1024),
-            pkcs7: Some(base64_wrapped(&self.aws_pkcs7(
-                document.as_bytes(),
-                TestKey::AwsRegion2048,
-            ))),
+            pkcs7: Some(base64_wrapped(
+                &self.aws_pkcs7(document.as_bytes(), TestKey::AwsRegion2048),
+            )),
             document,
             agent_name: None,
         }
     }
 
     /// Only the `signature` format (no `pkcs7`).
-    pub fn aws_signature_proof(&self, instance_id: &str, region: &str) -> AwsInstanceIdentityRequest {
+    pub fn aws_signature_proof(
+        &self,
+        instance_id: &str,
+        region: &str,
+    ) -> AwsInstanceIdentityRequest {
         let mut req = self.aws_proof(instance_id, region);
         req.pkcs7 = None;
         req
@@ -350,7 +360,9 @@ impl TestPki {
         SignedDataBuilder::new(content.to_vec())
             .certificate(self.azure_leaf.der())
             .certificate(self.azure_intermediate.der())
-            .signer(Pkcs7Signer::new(&self.azure_leaf.der(), TestKey::AzureSigner).azure_digest_quirk())
+            .signer(
+                Pkcs7Signer::new(&self.azure_leaf.der(), TestKey::AzureSigner).azure_digest_quirk(),
+            )
             .build()
     }
 
@@ -450,7 +462,11 @@ pub fn sign_jwt_with_header(
 }
 
 /// An HS256 JWT keyed with `secret` (e.g. the RSA public key, the classic confusion attack).
-pub fn sign_jwt_hs256(header: &serde_json::Value, claims: &serde_json::Value, secret: &[u8]) -> String {
+pub fn sign_jwt_hs256(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    secret: &[u8],
+) -> String {
     let input = jwt_signing_input(header, claims);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&key, input.as_bytes());

@@ -399,12 +399,11 @@ impl AwsVerifier {
         document: &[u8],
         signature_b64: &str,
     ) -> Result<Verified<Identity>, AwsError> {
-        let signature = decode_base64_lenient_whitespace(signature_b64).map_err(|source| {
-            AwsError::Base64 {
+        let signature =
+            decode_base64_lenient_whitespace(signature_b64).map_err(|source| AwsError::Base64 {
                 field: "signature",
                 source,
-            }
-        })?;
+            })?;
         let unverified = UnverifiedDocument::parse(document)?;
         let keys = self.region_keys(unverified.region())?;
         if keys
@@ -427,12 +426,11 @@ impl AwsVerifier {
         pkcs7_b64: &str,
         document: &[u8],
     ) -> Result<Verified<Identity>, AwsError> {
-        let body = decode_base64_lenient_whitespace(pkcs7_b64).map_err(|source| {
-            AwsError::Base64 {
+        let body =
+            decode_base64_lenient_whitespace(pkcs7_b64).map_err(|source| AwsError::Base64 {
                 field: "pkcs7",
                 source,
-            }
-        })?;
+            })?;
         let signed = UnverifiedSignedData::parse(&body)?;
         let signer = signed.single_signer()?;
         if !document.is_empty() && document != signed.unverified_content() {

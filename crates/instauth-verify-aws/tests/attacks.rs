@@ -1,5 +1,7 @@
 //! AWS verifier against generated proofs: what must pass and every forgery that must not.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use base64::Engine;
 use instauth_testkit::{base64_wrapped, Pkcs7Signer, SignedDataBuilder, TestKey, TestPki};
 use instauth_types::AwsInstanceIdentityRequest;
@@ -22,7 +24,9 @@ fn b64(bytes: &[u8]) -> String {
 
 fn unb64(s: &str) -> Vec<u8> {
     let compact: String = s.split_whitespace().collect();
-    base64::engine::general_purpose::STANDARD.decode(compact).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .unwrap()
 }
 
 #[test]
@@ -69,7 +73,9 @@ fn configured_default_applies_to_unknown_regions() {
         .add_pem(&pki.aws_certificates_pem("default"), None, "d.pem".as_ref())
         .unwrap();
     let v = AwsVerifier::new(certs);
-    assert!(v.verify(&pki.aws_signature_proof("i-1", "zz-new-1")).is_ok());
+    assert!(v
+        .verify(&pki.aws_signature_proof("i-1", "zz-new-1"))
+        .is_ok());
     assert!(v.verify(&pki.aws_pkcs7_proof("i-1", "zz-new-1")).is_ok());
 }
 
@@ -90,7 +96,9 @@ fn tampered_pkcs7_content_fails() {
     let signed = TestPki::aws_document("i-0abc", REGION, "123456789012");
     let forged = TestPki::aws_document("i-0abd", REGION, "123456789012");
     let der = SignedDataBuilder::new(forged.into_bytes())
-        .signer(Pkcs7Signer::new(&pki.aws_cert_2048, TestKey::AwsRegion2048).with_signed_attributes())
+        .signer(
+            Pkcs7Signer::new(&pki.aws_cert_2048, TestKey::AwsRegion2048).with_signed_attributes(),
+        )
         .build_with_signed_content(signed.as_bytes());
     let req = AwsInstanceIdentityRequest {
         pkcs7: Some(b64(&der)),
@@ -130,7 +138,9 @@ fn wrong_keys_fail() {
     };
     assert!(matches!(v.verify(&req), Err(AwsError::BadSignature { .. })));
     let req = AwsInstanceIdentityRequest {
-        pkcs7: Some(base64_wrapped(&pki.aws_pkcs7(doc.as_bytes(), TestKey::AwsOther2048))),
+        pkcs7: Some(base64_wrapped(
+            &pki.aws_pkcs7(doc.as_bytes(), TestKey::AwsOther2048),
+        )),
         ..Default::default()
     };
     assert!(matches!(v.verify(&req), Err(AwsError::Pkcs7(_))));
@@ -152,7 +162,9 @@ fn another_regions_certificate_fails() {
 fn unknown_region_is_a_typed_error_naming_it() {
     let pki = TestPki::new();
     let v = AwsVerifier::new(AwsCertificates::empty());
-    let err = v.verify(&pki.aws_signature_proof("i-1", "mars-north-1")).unwrap_err();
+    let err = v
+        .verify(&pki.aws_signature_proof("i-1", "mars-north-1"))
+        .unwrap_err();
     assert!(matches!(&err, AwsError::UnsupportedRegion { region } if region == "mars-north-1"));
     assert!(err.to_string().contains("mars-north-1"));
     // Built-in: no rsa2048 default exists, so PKCS#7 from an unknown region is unsupported.
@@ -186,7 +198,8 @@ fn pkcs7_content_must_equal_document() {
 fn two_signers_fail() {
     let pki = TestPki::new();
     let doc = TestPki::aws_document("i-1", REGION, "1");
-    let signer = Pkcs7Signer::new(&pki.aws_cert_2048, TestKey::AwsRegion2048).with_signed_attributes();
+    let signer =
+        Pkcs7Signer::new(&pki.aws_cert_2048, TestKey::AwsRegion2048).with_signed_attributes();
     let der = SignedDataBuilder::new(doc.into_bytes())
         .signer(signer.clone())
         .signer(signer)
@@ -219,7 +232,15 @@ fn garbage_and_truncated_inputs_fail_cleanly() {
     let pki = TestPki::new();
     let v = verifier(&pki);
     let good = pki.aws_proof("i-1", REGION);
-    let garbage = ["", " ", "%%%", "AAAA", "e30=", "not base64!", "MIAGCSqGSIb3DQEHAqCA"];
+    let garbage = [
+        "",
+        " ",
+        "%%%",
+        "AAAA",
+        "e30=",
+        "not base64!",
+        "MIAGCSqGSIb3DQEHAqCA",
+    ];
     for g in garbage {
         let req = AwsInstanceIdentityRequest {
             pkcs7: Some(g.into()),
@@ -237,7 +258,13 @@ fn garbage_and_truncated_inputs_fail_cleanly() {
         req.document = g.into();
         assert!(v.verify(&req).is_err(), "{g:?}");
     }
-    for doc in ["{}", "[]", "null", "{\"region\":1}", "{\"instanceId\":\"\",\"accountId\":\"1\",\"region\":\"us-east-1\"}"] {
+    for doc in [
+        "{}",
+        "[]",
+        "null",
+        "{\"region\":1}",
+        "{\"instanceId\":\"\",\"accountId\":\"1\",\"region\":\"us-east-1\"}",
+    ] {
         let req = AwsInstanceIdentityRequest {
             document: doc.into(),
             signature: TestPki::aws_signature(doc.as_bytes(), TestKey::AwsRegion1024),

@@ -1,5 +1,7 @@
 //! Real AWS proofs from public test suites (`testdata/real-vectors/README.md`).
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use instauth_types::AwsInstanceIdentityRequest;
 use instauth_verify::Identity;
 use instauth_verify_aws::{AwsCertificates, AwsError, AwsVerifier};
@@ -44,8 +46,7 @@ fn coder_rsa1024_signature_vector_verifies() {
 #[test]
 fn coder_vector_also_verifies_with_only_the_default_certificate() {
     let mut certs = AwsCertificates::empty();
-    let default_pem =
-        include_str!("../certs/rsa1024/default.pem");
+    let default_pem = include_str!("../certs/rsa1024/default.pem");
     certs
         .add_pem(default_pem, Some("default"), "default.pem".as_ref())
         .unwrap();

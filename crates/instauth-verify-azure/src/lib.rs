@@ -165,11 +165,12 @@ fn anchors(pem: &str, origin: &Path) -> Result<Vec<TrustAnchor<'static>>, AzureT
     let mut out = Vec::new();
     for (line, der) in pem_ders(pem, origin)? {
         let der = CertificateDer::from(der);
-        let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| AzureTrustError::BadRoot {
-            path: origin.to_path_buf(),
-            line,
-            reason: format!("{e:?}"),
-        })?;
+        let anchor =
+            webpki::anchor_from_trusted_cert(&der).map_err(|e| AzureTrustError::BadRoot {
+                path: origin.to_path_buf(),
+                line,
+                reason: format!("{e:?}"),
+            })?;
         out.push(anchor.to_owned());
     }
     Ok(out)
@@ -195,7 +196,11 @@ impl AzureTrust {
         }
         for anchor in webpki_roots::TLS_SERVER_ROOTS {
             let subject = anchor.subject.as_ref();
-            let wanted = [&b"Microsoft"[..], b"DigiCert Global Root G2", b"DigiCert Global Root G3"];
+            let wanted = [
+                &b"Microsoft"[..],
+                b"DigiCert Global Root G2",
+                b"DigiCert Global Root G3",
+            ];
             let is_wanted = wanted
                 .iter()
                 .any(|w| subject.windows(w.len()).any(|s| s == *w));
@@ -230,7 +235,11 @@ impl AzureTrust {
     }
 
     /// Adds the intermediates of a PEM bundle (`--azure-intermediates`).
-    pub fn add_intermediates_pem(&mut self, pem: &str, origin: &Path) -> Result<(), AzureTrustError> {
+    pub fn add_intermediates_pem(
+        &mut self,
+        pem: &str,
+        origin: &Path,
+    ) -> Result<(), AzureTrustError> {
         for (_, der) in pem_ders(pem, origin)? {
             self.intermediates.push(CertificateDer::from(der));
         }
@@ -277,7 +286,9 @@ struct AttestedDocument {
 }
 
 fn unix_time(t: DateTime<Utc>) -> UnixTime {
-    UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0)))
+    UnixTime::since_unix_epoch(Duration::from_secs(
+        u64::try_from(t.timestamp()).unwrap_or(0),
+    ))
 }
 
 fn from_unix(t: UnixTime) -> DateTime<Utc> {
@@ -354,9 +365,10 @@ impl AzureVerifier {
 
         // 2. Chain, on the same certificate.
         let ee_der = CertificateDer::from(signer_cert.der.as_slice());
-        let ee = webpki::EndEntityCert::try_from(&ee_der).map_err(|e| AzureError::UntrustedChain {
-            reason: format!("{e:?}"),
-        })?;
+        let ee =
+            webpki::EndEntityCert::try_from(&ee_der).map_err(|e| AzureError::UntrustedChain {
+                reason: format!("{e:?}"),
+            })?;
         let mut intermediates: Vec<CertificateDer<'_>> = signed
             .certificates()
             .iter()
@@ -391,7 +403,8 @@ impl AzureVerifier {
         })?;
 
         // 3. Signature over the content, with that certificate's key.
-        let key = RsaPublicKey::from_certificate(&signer_cert.certificate, false, "signer certificate")?;
+        let key =
+            RsaPublicKey::from_certificate(&signer_cert.certificate, false, "signer certificate")?;
         let content = signed.verify_signer(signer, &key, true)?;
 
         let doc: AttestedDocument =

@@ -1,5 +1,7 @@
 //! Azure verifier against generated proofs: what must pass and every forgery that must not.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::sync::Arc;
 
 use chrono::Duration;
@@ -55,7 +57,8 @@ fn signed_attributes_are_accepted_and_checked() {
     let base = SignedDataBuilder::new(doc("vm-1"))
         .certificate(pki.azure_leaf.der())
         .certificate(pki.azure_intermediate.der());
-    let signer = Pkcs7Signer::new(&pki.azure_leaf.der(), TestKey::AzureSigner).with_signed_attributes();
+    let signer =
+        Pkcs7Signer::new(&pki.azure_leaf.der(), TestKey::AzureSigner).with_signed_attributes();
     assert!(verify_der(&pki, &base.clone().signer(signer.clone()).build()).is_ok());
 
     let mut bad_digest = signer;
@@ -102,10 +105,7 @@ fn tampered_content_fails() {
 fn one_flipped_content_byte_fails() {
     let pki = TestPki::new();
     let mut der = pki.azure_pkcs7_like_azure(&doc("vm-1"));
-    let pos = der
-        .windows(4)
-        .position(|w| w == b"vm-1")
-        .unwrap();
+    let pos = der.windows(4).position(|w| w == b"vm-1").unwrap();
     der[pos + 3] = b'2';
     assert!(matches!(
         verify_der(&pki, &der),
@@ -170,7 +170,11 @@ fn signer_certificate_must_be_in_the_bag() {
 #[test]
 fn wrong_name_fails_even_with_a_trusted_chain() {
     let pki = TestPki::new();
-    for names in [&["evil.example.com"][..], &["metadata.azure.com.evil.example"], &["notmetadata.azure.com"]] {
+    for names in [
+        &["evil.example.com"][..],
+        &["metadata.azure.com.evil.example"],
+        &["notmetadata.azure.com"],
+    ] {
         let leaf = issue_leaf(
             "evil",
             names,
@@ -185,7 +189,10 @@ fn wrong_name_fails_even_with_a_trusted_chain() {
             .signer(Pkcs7Signer::new(&leaf.der(), TestKey::AzureSigner).azure_digest_quirk())
             .build();
         assert!(
-            matches!(verify_der(&pki, &der), Err(AzureError::UntrustedSignerName { .. })),
+            matches!(
+                verify_der(&pki, &der),
+                Err(AzureError::UntrustedSignerName { .. })
+            ),
             "{names:?}"
         );
     }
@@ -194,8 +201,20 @@ fn wrong_name_fails_even_with_a_trusted_chain() {
 #[test]
 fn other_azure_clouds_and_subdomains_are_accepted() {
     let pki = TestPki::new();
-    for name in ["metadata.azure.us", "metadata.azure.cn", "metadata.microsoftazure.de", "eastus.metadata.azure.com"] {
-        let leaf = issue_leaf(name, &[name], TestKey::AzureSigner, pki.azure_leaf_validity, 98, &pki.azure_intermediate);
+    for name in [
+        "metadata.azure.us",
+        "metadata.azure.cn",
+        "metadata.microsoftazure.de",
+        "eastus.metadata.azure.com",
+    ] {
+        let leaf = issue_leaf(
+            name,
+            &[name],
+            TestKey::AzureSigner,
+            pki.azure_leaf_validity,
+            98,
+            &pki.azure_intermediate,
+        );
         let der = SignedDataBuilder::new(doc("vm-1"))
             .certificate(leaf.der())
             .certificate(pki.azure_intermediate.der())
@@ -209,12 +228,24 @@ fn other_azure_clouds_and_subdomains_are_accepted() {
 fn expired_and_not_yet_valid_chains_fail() {
     let pki = TestPki::new();
     let req = pki.azure_proof("vm-1");
-    let err = verifier_at(&pki, Duration::hours(2)).verify(&req).unwrap_err();
-    assert!(matches!(err, AzureError::CertificateExpired { .. }), "{err}");
+    let err = verifier_at(&pki, Duration::hours(2))
+        .verify(&req)
+        .unwrap_err();
+    assert!(
+        matches!(err, AzureError::CertificateExpired { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("not after"));
-    let err = verifier_at(&pki, -Duration::hours(2)).verify(&req).unwrap_err();
-    assert!(matches!(err, AzureError::CertificateNotYetValid { .. }), "{err}");
-    assert!(verifier_at(&pki, Duration::minutes(59)).verify(&req).is_ok());
+    let err = verifier_at(&pki, -Duration::hours(2))
+        .verify(&req)
+        .unwrap_err();
+    assert!(
+        matches!(err, AzureError::CertificateNotYetValid { .. }),
+        "{err}"
+    );
+    assert!(verifier_at(&pki, Duration::minutes(59))
+        .verify(&req)
+        .is_ok());
 }
 
 #[test]
@@ -224,7 +255,10 @@ fn two_signers_fail() {
         .certificate(pki.azure_leaf.der())
         .certificate(pki.azure_intermediate.der())
         .signer(legit_signer(&pki))
-        .signer(Pkcs7Signer::new(&pki.azure_leaf.der(), TestKey::AzureSigner))
+        .signer(Pkcs7Signer::new(
+            &pki.azure_leaf.der(),
+            TestKey::AzureSigner,
+        ))
         .build();
     assert!(matches!(
         verify_der(&pki, &der),
@@ -255,7 +289,15 @@ fn untrusted_root_fails() {
 fn garbage_and_truncated_inputs_fail_cleanly() {
     let pki = TestPki::new();
     let v = verifier(&pki);
-    for g in ["", " ", "%%%", "AAAA", "e30=", "MIAGCSqGSIb3DQEHAqCA", "MA=="] {
+    for g in [
+        "",
+        " ",
+        "%%%",
+        "AAAA",
+        "e30=",
+        "MIAGCSqGSIb3DQEHAqCA",
+        "MA==",
+    ] {
         let req = AzureInstanceIdentityRequest {
             signature: g.into(),
             encoding: "pkcs7".into(),
@@ -265,7 +307,10 @@ fn garbage_and_truncated_inputs_fail_cleanly() {
     }
     let mut req = pki.azure_proof("vm-1");
     req.encoding = "json".into();
-    assert!(matches!(v.verify(&req), Err(AzureError::UnsupportedEncoding { .. })));
+    assert!(matches!(
+        v.verify(&req),
+        Err(AzureError::UnsupportedEncoding { .. })
+    ));
 
     let der = pki.azure_pkcs7_like_azure(&doc("vm-1"));
     for len in 0..der.len() {
@@ -280,10 +325,19 @@ fn garbage_and_truncated_inputs_fail_cleanly() {
         };
         assert!(v.verify(&req).is_err(), "truncated base64 at {len}");
     }
-    for content in [&b""[..], b"{}", b"not json", b"{\"vmId\":\"\",\"subscriptionId\":\"s\"}", b"{\"vmId\":1}"] {
+    for content in [
+        &b""[..],
+        b"{}",
+        b"not json",
+        b"{\"vmId\":\"\",\"subscriptionId\":\"s\"}",
+        b"{\"vmId\":1}",
+    ] {
         let der = pki.azure_pkcs7_like_azure(content);
         assert!(
-            matches!(verify_der(&pki, &der), Err(AzureError::MalformedDocument { .. })),
+            matches!(
+                verify_der(&pki, &der),
+                Err(AzureError::MalformedDocument { .. })
+            ),
             "{content:?}"
         );
     }
@@ -309,8 +363,16 @@ fn look_alike_certificate_with_the_signers_issuer_and_serial_is_rejected() {
         &fake_ca,
     );
     for bag in [
-        vec![pki.azure_leaf.der(), fake_leaf.der(), pki.azure_intermediate.der()],
-        vec![fake_leaf.der(), pki.azure_leaf.der(), pki.azure_intermediate.der()],
+        vec![
+            pki.azure_leaf.der(),
+            fake_leaf.der(),
+            pki.azure_intermediate.der(),
+        ],
+        vec![
+            fake_leaf.der(),
+            pki.azure_leaf.der(),
+            pki.azure_intermediate.der(),
+        ],
     ] {
         let mut b = SignedDataBuilder::new(doc("vm-1"));
         for c in bag {
@@ -321,7 +383,9 @@ fn look_alike_certificate_with_the_signers_issuer_and_serial_is_rejected() {
             .build();
         assert!(matches!(
             verify_der(&pki, &der),
-            Err(AzureError::Pkcs7(Pkcs7Error::AmbiguousSignerCertificate { count: 2 }))
+            Err(AzureError::Pkcs7(Pkcs7Error::AmbiguousSignerCertificate {
+                count: 2
+            }))
         ));
     }
 }

@@ -1,5 +1,7 @@
 //! The real Azure attested document from coder/coder's tests (`testdata/real-vectors/README.md`).
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,13 +44,19 @@ fn verifies_at_its_pinned_time() {
 fn fails_now_because_the_chain_expired() {
     let verifier = AzureVerifier::new(AzureTrust::builtin(), Arc::new(SystemClock));
     let err = verifier.verify(&request()).unwrap_err();
-    assert!(matches!(err, AzureError::CertificateExpired { .. }), "{err}");
+    assert!(
+        matches!(err, AzureError::CertificateExpired { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn fails_when_roots_are_replaced_by_an_unrelated_root() {
     let g2 = include_str!("../certs/root-digicert-global-root-g2.pem");
-    let verifier = AzureVerifier::new(AzureTrust::from_roots_pem(g2).unwrap(), at("2022-04-19T02:00:00Z"));
+    let verifier = AzureVerifier::new(
+        AzureTrust::from_roots_pem(g2).unwrap(),
+        at("2022-04-19T02:00:00Z"),
+    );
     let err = verifier.verify(&request()).unwrap_err();
     assert!(matches!(err, AzureError::UntrustedChain { .. }), "{err}");
 }

@@ -76,7 +76,11 @@ impl RsaJwk {
     /// RSASSA-PKCS1-v1_5 with SHA-256, keys of 2048 to 8192 bits: RS256 and nothing else.
     pub(crate) fn verify_rs256(&self, message: &[u8], signature: &[u8]) -> Result<(), ()> {
         self.components
-            .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, message, signature)
+            .verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                message,
+                signature,
+            )
             .map_err(|_| ())
     }
 }

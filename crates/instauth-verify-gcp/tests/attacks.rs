@@ -1,5 +1,7 @@
 //! GCP verifier against generated tokens: what must pass and every forgery that must not.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::sync::Arc;
 
 use base64::Engine;
@@ -64,7 +66,9 @@ async fn short_issuer_form_is_accepted() {
     let pki = TestPki::new();
     let mut c = claims(&pki);
     c["iss"] = json!("accounts.google.com");
-    assert!(verify(&pki, sign_jwt_rs256(GCP_KID_1, TestKey::Gcp1, &c)).await.is_ok());
+    assert!(verify(&pki, sign_jwt_rs256(GCP_KID_1, TestKey::Gcp1, &c))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -87,13 +91,20 @@ async fn wrong_audience_fails_with_evidence() {
         Err(GcpError::WrongAudience { .. })
     ));
     c["aud"] = json!("coder2");
-    assert!(verify(&pki, sign_jwt_rs256(GCP_KID_1, TestKey::Gcp1, &c)).await.is_err());
+    assert!(verify(&pki, sign_jwt_rs256(GCP_KID_1, TestKey::Gcp1, &c))
+        .await
+        .is_err());
 }
 
 #[tokio::test]
 async fn wrong_issuer_fails() {
     let pki = TestPki::new();
-    for iss in ["https://evil.example.com", "https://accounts.google.com/", "", "google.com"] {
+    for iss in [
+        "https://evil.example.com",
+        "https://accounts.google.com/",
+        "",
+        "google.com",
+    ] {
         let mut c = claims(&pki);
         c["iss"] = json!(iss);
         assert!(
@@ -111,14 +122,20 @@ async fn expiry_and_issue_time_are_checked_with_leeway() {
     let pki = TestPki::new();
     let token = pki.gcp_jwt("4242", AUD);
     // exp = now + 3600: fine until exp + 60 s.
-    assert!(verifier_at(&pki, Duration::seconds(3659)).verify(&token).await.is_ok());
+    assert!(verifier_at(&pki, Duration::seconds(3659))
+        .verify(&token)
+        .await
+        .is_ok());
     let err = verifier_at(&pki, Duration::seconds(3661))
         .verify(&token)
         .await
         .unwrap_err();
     assert!(matches!(err, GcpError::Expired { .. }), "{err}");
     // iat = now: fine from now - 60 s.
-    assert!(verifier_at(&pki, Duration::seconds(-59)).verify(&token).await.is_ok());
+    assert!(verifier_at(&pki, Duration::seconds(-59))
+        .verify(&token)
+        .await
+        .is_ok());
     let err = verifier_at(&pki, Duration::seconds(-61))
         .verify(&token)
         .await
@@ -142,7 +159,10 @@ async fn alg_none_is_rejected() {
     ] {
         let token = format!("{}.", jwt_signing_input(&header, &claims(&pki)));
         assert!(
-            matches!(verify(&pki, token).await, Err(GcpError::UnsupportedAlgorithm { .. })),
+            matches!(
+                verify(&pki, token).await,
+                Err(GcpError::UnsupportedAlgorithm { .. })
+            ),
             "{header}"
         );
     }
@@ -152,7 +172,10 @@ async fn alg_none_is_rejected() {
         TestKey::Gcp1,
         &claims(&pki),
     );
-    assert!(matches!(verify(&pki, token).await, Err(GcpError::UnsupportedAlgorithm { .. })));
+    assert!(matches!(
+        verify(&pki, token).await,
+        Err(GcpError::UnsupportedAlgorithm { .. })
+    ));
 }
 
 #[tokio::test]
@@ -177,7 +200,10 @@ async fn hs256_keyed_with_the_public_key_is_rejected() {
         &claims(&pki),
         &TestKey::Gcp1.pkcs1_public_der(),
     );
-    assert!(matches!(verify(&pki, token).await, Err(GcpError::BadSignature { .. })));
+    assert!(matches!(
+        verify(&pki, token).await,
+        Err(GcpError::BadSignature { .. })
+    ));
 }
 
 #[tokio::test]
@@ -189,7 +215,10 @@ async fn unknown_or_missing_kid_fails() {
         Err(GcpError::UnknownKid { kid }) if kid == "not-a-key"
     ));
     let token = sign_jwt_with_header(&json!({"alg": "RS256"}), TestKey::Gcp1, &claims(&pki));
-    assert!(matches!(verify(&pki, token).await, Err(GcpError::MissingKid)));
+    assert!(matches!(
+        verify(&pki, token).await,
+        Err(GcpError::MissingKid)
+    ));
 }
 
 #[tokio::test]
@@ -197,10 +226,16 @@ async fn wrong_key_and_tampering_fail() {
     let pki = TestPki::new();
     // Signed by key 2, claiming key 1.
     let token = sign_jwt_rs256(GCP_KID_1, TestKey::Gcp2, &claims(&pki));
-    assert!(matches!(verify(&pki, token).await, Err(GcpError::BadSignature { .. })));
+    assert!(matches!(
+        verify(&pki, token).await,
+        Err(GcpError::BadSignature { .. })
+    ));
     // Signed by a key not in the JWKS at all.
     let token = sign_jwt_rs256(GCP_KID_1, TestKey::Attacker, &claims(&pki));
-    assert!(matches!(verify(&pki, token).await, Err(GcpError::BadSignature { .. })));
+    assert!(matches!(
+        verify(&pki, token).await,
+        Err(GcpError::BadSignature { .. })
+    ));
 
     let good = pki.gcp_jwt("4242", AUD).json_web_token;
     let parts: Vec<&str> = good.split('.').collect();
@@ -209,11 +244,17 @@ async fn wrong_key_and_tampering_fail() {
     let pos = payload.windows(4).position(|w| w == b"4242").unwrap();
     payload[pos] = b'5';
     let forged = format!("{}.{}.{}", parts[0], b64.encode(&payload), parts[2]);
-    assert!(matches!(verify(&pki, forged).await, Err(GcpError::BadSignature { .. })));
+    assert!(matches!(
+        verify(&pki, forged).await,
+        Err(GcpError::BadSignature { .. })
+    ));
     let mut sig = b64.decode(parts[2]).unwrap();
     sig[0] ^= 1;
     let forged = format!("{}.{}.{}", parts[0], parts[1], b64.encode(&sig));
-    assert!(matches!(verify(&pki, forged).await, Err(GcpError::BadSignature { .. })));
+    assert!(matches!(
+        verify(&pki, forged).await,
+        Err(GcpError::BadSignature { .. })
+    ));
 }
 
 #[tokio::test]
@@ -231,16 +272,35 @@ async fn tokens_without_compute_engine_claims_fail() {
 async fn garbage_and_truncated_tokens_fail_cleanly() {
     let pki = TestPki::new();
     let good = pki.gcp_jwt("4242", AUD).json_web_token;
-    for g in ["", " ", "a", "a.b", "a.b.c", "a.b.c.d", "..", "e30.e30.", "!!.!!.!!", "eyJhbGciOiJSUzI1NiJ9.e30.AA=="] {
+    for g in [
+        "",
+        " ",
+        "a",
+        "a.b",
+        "a.b.c",
+        "a.b.c.d",
+        "..",
+        "e30.e30.",
+        "!!.!!.!!",
+        "eyJhbGciOiJSUzI1NiJ9.e30.AA==",
+    ] {
         assert!(verify(&pki, g.to_string()).await.is_err(), "{g:?}");
     }
     for len in 0..good.len() {
-        assert!(verify(&pki, good[..len].to_string()).await.is_err(), "truncated at {len}");
+        assert!(
+            verify(&pki, good[..len].to_string()).await.is_err(),
+            "truncated at {len}"
+        );
     }
     let huge = "a".repeat(100_000);
-    assert!(matches!(verify(&pki, huge).await, Err(GcpError::Malformed { .. })));
+    assert!(matches!(
+        verify(&pki, huge).await,
+        Err(GcpError::Malformed { .. })
+    ));
     let c = json!({"iss": 1, "aud": null});
-    assert!(verify(&pki, sign_jwt_rs256(GCP_KID_1, TestKey::Gcp1, &c)).await.is_err());
+    assert!(verify(&pki, sign_jwt_rs256(GCP_KID_1, TestKey::Gcp1, &c))
+        .await
+        .is_err());
 }
 
 #[test]
@@ -266,6 +326,11 @@ async fn jwks_from_a_file() {
     )
     .unwrap();
     assert!(v.verify(&pki.gcp_jwt("4242", AUD)).await.is_ok());
-    assert!(GcpVerifier::from_config("/nonexistent/jwks.json", AUD, Arc::new(FixedClock::new(pki.now))).is_err());
+    assert!(GcpVerifier::from_config(
+        "/nonexistent/jwks.json",
+        AUD,
+        Arc::new(FixedClock::new(pki.now))
+    )
+    .is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }

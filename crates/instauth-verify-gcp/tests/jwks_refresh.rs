@@ -1,6 +1,8 @@
 //! JWKS over real HTTP on 127.0.0.1: caching by max-age, rate-limited refetch on unknown kid,
 //! last good set kept when a refresh fails.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::sync::Arc;
 
 use chrono::Duration;
@@ -46,14 +48,19 @@ async fn unknown_kid_refetches_at_most_once_a_minute() {
     let server = JwksServer::start(only_key_1(), Some(3600)).await;
     let clock = Arc::new(FixedClock::new(pki.now));
     let v = GcpVerifier::from_config(server.url(), AUD, clock.clone()).unwrap();
-    v.verify(&token(&pki, GCP_KID_1, TestKey::Gcp1)).await.unwrap();
+    v.verify(&token(&pki, GCP_KID_1, TestKey::Gcp1))
+        .await
+        .unwrap();
     assert_eq!(server.hits(), 1);
 
     // Google rotates in key 2.
     server.set_body(TestPki::gcp_jwks_json(), Some(3600));
     let t2 = token(&pki, GCP_KID_2, TestKey::Gcp2);
     // Within a minute of the last fetch: no refetch, the kid is unknown.
-    assert!(matches!(v.verify(&t2).await, Err(GcpError::UnknownKid { .. })));
+    assert!(matches!(
+        v.verify(&t2).await,
+        Err(GcpError::UnknownKid { .. })
+    ));
     assert_eq!(server.hits(), 1);
     clock.advance(Duration::seconds(61));
     v.verify(&t2).await.unwrap();
@@ -62,7 +69,10 @@ async fn unknown_kid_refetches_at_most_once_a_minute() {
     // A flood of made-up kids costs one request per minute.
     let bogus = token(&pki, "bogus", TestKey::Gcp1);
     for _ in 0..5 {
-        assert!(matches!(v.verify(&bogus).await, Err(GcpError::UnknownKid { .. })));
+        assert!(matches!(
+            v.verify(&bogus).await,
+            Err(GcpError::UnknownKid { .. })
+        ));
     }
     assert_eq!(server.hits(), 2);
     clock.advance(Duration::seconds(61));

@@ -238,10 +238,7 @@ mod tests {
         ] {
             assert!(ber_to_der(bad).is_err(), "{bad:?}");
         }
-        let deep: Vec<u8> = std::iter::repeat([0x30, 0x80])
-            .take(200)
-            .flatten()
-            .collect();
+        let deep: Vec<u8> = [0x30u8, 0x80].repeat(200);
         assert_eq!(ber_to_der(&deep), Err(BerError::TooDeep));
     }
 }

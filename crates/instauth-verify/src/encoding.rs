@@ -22,10 +22,7 @@ pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Er
             reason: format!("longer than {MAX_ENCODED_LEN} bytes"),
         });
     }
-    let compact: Vec<u8> = input
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     if compact.is_empty() {
         return Err(Base64Error {
             reason: "empty".into(),

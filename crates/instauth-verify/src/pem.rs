@@ -85,7 +85,8 @@ mod tests {
 
     #[test]
     fn region_comments_attach_to_the_next_certificate() {
-        let text = "# region: eu-test-1\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n\
+        let text =
+            "# region: eu-test-1\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n\
                     -----BEGIN CERTIFICATE-----\nAwQ=\n-----END CERTIFICATE-----\n";
         let certs = parse_certificates(text).unwrap();
         assert_eq!(certs.len(), 2);
@@ -93,6 +94,9 @@ mod tests {
         assert_eq!(certs[0].der, [0, 1, 2]);
         assert_eq!(certs[1].region, None);
         assert!(parse_certificates("-----BEGIN CERTIFICATE-----\nAAEC\n").is_err());
-        assert!(parse_certificates("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----").is_err());
+        assert!(
+            parse_certificates("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----")
+                .is_err()
+        );
     }
 }

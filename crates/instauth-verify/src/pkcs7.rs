@@ -9,8 +9,8 @@ use cms::cert::CertificateChoices;
 use cms::content_info::ContentInfo;
 use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
 use const_oid::db::rfc5911::{ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SIGNED_DATA};
-use const_oid::db::rfc5912::{RSA_ENCRYPTION, SHA_256_WITH_RSA_ENCRYPTION};
 use const_oid::db::rfc5912::ID_SHA_256;
+use const_oid::db::rfc5912::{RSA_ENCRYPTION, SHA_256_WITH_RSA_ENCRYPTION};
 use const_oid::ObjectIdentifier;
 use der::asn1::OctetString;
 use der::{Decode, Encode};
@@ -189,7 +189,9 @@ impl UnverifiedSignedData {
         let mut found = Vec::new();
         for bag in &self.certificates {
             let tbs = &bag.certificate.tbs_certificate;
-            if tbs.serial_number == ias.serial_number && tbs.issuer.to_der().map_err(der_err)? == issuer {
+            if tbs.serial_number == ias.serial_number
+                && tbs.issuer.to_der().map_err(der_err)? == issuer
+            {
                 found.push(bag);
             }
         }
