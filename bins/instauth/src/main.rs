@@ -1,9 +1,15 @@
 //! `instauth`: the server and its admin CLI. Wiring only: parse arguments, set up logging,
 //! build the pieces from the library crates and run them.
 
+mod identity;
+mod trust;
+mod workspaces;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -26,6 +32,18 @@ enum Command {
     Server(ServerArgs),
     /// Apply pending database migrations and exit.
     Migrate(DbArgs),
+    /// Manage workspaces through the admin API.
+    #[command(subcommand)]
+    Workspaces(workspaces::Command),
+    /// Inspect instance identity proofs.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Verify an exchange request body offline and print the identity it proves.
+    Verify(identity::IdentityVerifyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -53,12 +71,56 @@ struct ServerArgs {
     listen: SocketAddr,
     #[command(flatten)]
     db: DbArgs,
+    /// File holding the admin token; default <data-dir>/admin-token, created (mode 0600) with a
+    /// random token on first start.
+    #[arg(long, env = "INSTAUTH_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    trust: trust::TrustArgs,
+    /// How long a session token is valid.
+    #[arg(long, env = "INSTAUTH_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    session_ttl: Duration,
+    /// Expected agent heartbeat interval; an agent is connected for 3 intervals after one.
+    #[arg(long, env = "INSTAUTH_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
     /// Log format.
     #[arg(long, env = "INSTAUTH_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
 }
 
-fn default_data_dir() -> anyhow::Result<PathBuf> {
+/// Reads the admin token from `path`, or creates it (mode 0600) with a random token.
+fn admin_token(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => anyhow::bail!("admin token file {} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let token = format!("iadm_{}", hex_token());
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("admin token written to {}", path.display());
+    Ok(token)
+}
+
+fn hex_token() -> String {
+    instauth_api::session::random_secret()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) fn default_data_dir() -> anyhow::Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(x).join("instauth"));
     }
@@ -136,8 +198,28 @@ async fn shutdown_signal() {
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    let token_path = match &args.admin_token_file {
+        Some(p) => p.clone(),
+        None => args.db.data_dir()?.join("admin-token"),
+    };
+    let admin_token = admin_token(&token_path)?;
+    let verifiers = args
+        .trust
+        .verifiers(Arc::new(instauth_verify::SystemClock))?;
     let store = open_store(&args.db).await?;
-    let app = instauth_api::router(instauth_api::AppState::new(store));
+    let (state, audit) = instauth_api::AppState::new(
+        store,
+        verifiers,
+        instauth_api::ApiConfig {
+            session_ttl: args.session_ttl,
+            heartbeat_interval: args.heartbeat_interval,
+            admin_token,
+        },
+    )
+    .await
+    .context("loading the session key")?;
+    tracing::info!(admin_token_file = %token_path.display(), "Admin token ready.");
+    let app = instauth_api::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -150,6 +232,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("serving HTTP")?;
+    audit.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())
 }
@@ -177,6 +260,13 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => server(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Workspaces(cmd) => workspaces::run(cmd).await,
+        Command::Identity(IdentityCommand::Verify(args)) => {
+            return identity::run(args).await.unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

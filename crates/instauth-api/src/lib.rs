@@ -1,29 +1,180 @@
 //! instauth HTTP API: the axum router, its handlers and the one place where errors become HTTP
-//! statuses.
+//! statuses ([`error`]).
 //!
 //! Architecture invariant: only this crate knows HTTP status codes; the store, the policy and the
-//! verifiers return typed errors that are mapped here.
+//! verifiers return typed errors that are mapped in `error.rs`.
 
+pub mod admin;
+pub mod agent;
+pub mod audit;
+pub mod error;
+pub mod exchange;
+pub mod extract;
+pub mod metrics;
 mod ops;
+pub mod session;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
 use axum::Router;
-use instauth_store::Store;
+use instauth_store::{Store, StoreError};
+use instauth_verify_aws::AwsVerifier;
+use instauth_verify_azure::AzureVerifier;
+use instauth_verify_gcp::GcpVerifier;
+
+pub use audit::{AuditSink, AuditWriter};
+pub use error::ApiError;
+
+/// Largest exchange request body (SPEC.md §2).
+pub const EXCHANGE_BODY_LIMIT: usize = 64 * 1024;
+/// Largest admin request body (a build with thousands of agents).
+pub const ADMIN_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest agent API request body.
+pub const AGENT_BODY_LIMIT: usize = 16 * 1024;
+
+/// The verifiers of the three clouds, built from the trust flags.
+#[derive(Debug)]
+pub struct Verifiers {
+    /// AWS instance identity.
+    pub aws: AwsVerifier,
+    /// Azure attested data.
+    pub azure: AzureVerifier,
+    /// Google identity JWT.
+    pub gcp: GcpVerifier,
+}
+
+/// Server settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How long a session token is valid (`--session-ttl`).
+    pub session_ttl: Duration,
+    /// Expected heartbeat interval; agents are `connected` for 3 intervals after a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// The admin token (only its hash is kept).
+    pub admin_token: String,
+}
+
+struct Shared {
+    store: Store,
+    verifiers: Verifiers,
+    sessions: session::SessionSigner,
+    admin_token_hash: [u8; 32],
+    session_ttl: chrono::Duration,
+    heartbeat_interval: chrono::Duration,
+    metrics: metrics::Metrics,
+    audit: AuditSink,
+}
 
 /// Shared state of every handler; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
-    /// The database.
-    pub store: Store,
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.inner.store)
+            .finish()
+    }
+}
+
+/// SHA-256 of a token: what is compared and stored instead of the token.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 impl AppState {
-    /// State over a store.
-    pub fn new(store: Store) -> Self {
-        AppState { store }
+    /// Builds the state: loads (or creates) the session key and starts the audit writer.
+    pub async fn new(
+        store: Store,
+        verifiers: Verifiers,
+        config: ApiConfig,
+    ) -> Result<(AppState, AuditWriter), StoreError> {
+        let secret = store
+            .server_secret("session-hmac", session::random_secret)
+            .await?;
+        let (sink, writer) = audit::start(store.clone());
+        let state = AppState {
+            inner: Arc::new(Shared {
+                store,
+                verifiers,
+                sessions: session::SessionSigner::new(&secret),
+                admin_token_hash: token_hash(&config.admin_token),
+                session_ttl: chrono_duration(config.session_ttl),
+                heartbeat_interval: chrono_duration(config.heartbeat_interval),
+                metrics: metrics::Metrics::default(),
+                audit: sink,
+            }),
+        };
+        Ok((state, writer))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Waits until queued audit records are written.
+    pub async fn flush_audit(&self) {
+        self.inner.audit.flush().await
     }
 }
 
 /// The complete router.
 pub fn router(state: AppState) -> Router {
-    Router::new().merge(ops::routes()).with_state(state)
+    let exchange = Router::new()
+        .route(
+            "/api/v2/workspaceagents/aws-instance-identity",
+            post(exchange::aws),
+        )
+        .route(
+            "/api/v2/workspaceagents/azure-instance-identity",
+            post(exchange::azure),
+        )
+        .route(
+            "/api/v2/workspaceagents/google-instance-identity",
+            post(exchange::google),
+        )
+        .layer(DefaultBodyLimit::max(EXCHANGE_BODY_LIMIT));
+    let agent = Router::new()
+        .route("/api/v2/workspaceagents/me/manifest", get(agent::manifest))
+        .route(
+            "/api/v2/workspaceagents/me/heartbeat",
+            post(agent::heartbeat),
+        )
+        .layer(DefaultBodyLimit::max(AGENT_BODY_LIMIT));
+    let admin = Router::new()
+        .route("/api/v2/workspaces", get(admin::list_workspaces))
+        .route(
+            "/api/v2/workspaces/{workspace}",
+            get(admin::show_workspace).delete(admin::delete_workspace),
+        )
+        .route(
+            "/api/v2/workspaces/{workspace}/builds",
+            post(admin::create_build),
+        )
+        .route(
+            "/api/v2/workspaceagents/{agent_id}/sessions",
+            delete(admin::revoke_sessions),
+        )
+        .route("/api/v2/audit", get(admin::audit))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
+    Router::new()
+        .merge(exchange)
+        .merge(agent)
+        .merge(admin)
+        .merge(ops::routes())
+        .fallback(|| async { ApiError::NotFound("No such endpoint.".into()) })
+        .with_state(state)
 }

@@ -13,6 +13,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 /// 200 while the process runs.
@@ -22,7 +23,7 @@ async fn healthz() -> impl IntoResponse {
 
 /// 200 when the database answers, else 503 with `Retry-After`.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    match state.inner.store.ping().await {
         Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "Readiness check failed: the database does not answer.");
@@ -37,4 +38,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// Prometheus text.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state
+            .inner
+            .metrics
+            .render(state.inner.store.queries_total()),
+    )
+        .into_response()
 }

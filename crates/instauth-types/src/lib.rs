@@ -81,3 +81,161 @@ pub struct ErrorResponse {
 
 /// The header that carries an agent's session token.
 pub const SESSION_TOKEN_HEADER: &str = "Coder-Session-Token";
+
+/// `GET /api/v2/workspaceagents/me/manifest` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The agent's id.
+    pub agent_id: uuid::Uuid,
+    /// The agent's name.
+    pub agent_name: String,
+    /// The workspace's id.
+    pub workspace_id: uuid::Uuid,
+    /// The workspace's name.
+    pub workspace_name: String,
+    /// The build the agent belongs to (the latest).
+    pub build_number: i32,
+    /// The resource the agent runs on.
+    pub resource_name: String,
+    /// That resource's type, e.g. `aws_instance`.
+    pub resource_type: String,
+}
+
+/// `POST /api/v2/workspaceagents/me/heartbeat` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// `starting`, `ready`, `shutting_down` or `off`.
+    pub lifecycle_state: String,
+}
+
+/// An agent of a build to create (`POST /api/v2/workspaces/{workspace}/builds`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    /// Unique within the build: `[a-zA-Z0-9_-]{1,64}`.
+    pub name: String,
+    /// `token`, `aws-instance-identity`, `azure-instance-identity` or `google-instance-identity`.
+    pub auth: String,
+    /// The cloud's instance ID, for instance identity auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// The parent agent's name, for a sub-agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+/// A resource of a build to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    /// Resource name.
+    pub name: String,
+    /// Resource type, e.g. `aws_instance`.
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    /// Its agents.
+    #[serde(default)]
+    pub agents: Vec<AgentSpec>,
+}
+
+/// Body of `POST /api/v2/workspaces/{workspace}/builds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// The build's resources.
+    pub resources: Vec<ResourceSpec>,
+}
+
+/// An agent created by a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedAgent {
+    /// New agent id.
+    pub id: uuid::Uuid,
+    /// Its name.
+    pub name: String,
+    /// The agent token, for `auth: "token"` agents only; shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Response of `POST /api/v2/workspaces/{workspace}/builds` (201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildResponse {
+    /// Workspace name.
+    pub workspace: String,
+    /// The new build's number.
+    pub build_number: i32,
+    /// The new build's agents.
+    pub agents: Vec<CreatedAgent>,
+}
+
+/// An agent's status in the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Agent id.
+    pub id: uuid::Uuid,
+    /// Name.
+    pub name: String,
+    /// Resource it runs on.
+    pub resource_name: String,
+    /// Authentication method.
+    pub auth: String,
+    /// Cloud instance ID, if any.
+    pub instance_id: Option<String>,
+    /// Parent agent's name, for sub-agents.
+    pub parent: Option<String>,
+    /// `connecting` (never seen), `connected` (heartbeat younger than 3 intervals) or
+    /// `disconnected`.
+    pub status: String,
+    /// Last reported lifecycle state (`created` before the first report).
+    pub lifecycle_state: String,
+    /// First heartbeat (RFC 3339, UTC).
+    pub first_connected_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Latest heartbeat (RFC 3339, UTC).
+    pub last_connected_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A resource in the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceInfo {
+    /// Name.
+    pub name: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub resource_type: String,
+}
+
+/// A workspace in `GET /api/v2/workspaces` and `GET /api/v2/workspaces/{workspace}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    /// Name.
+    pub name: String,
+    /// Latest build number.
+    pub build_number: i32,
+    /// Resources of the latest build (always present in `show`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<ResourceInfo>>,
+    /// Agents of the latest build.
+    pub agents: Vec<AgentStatus>,
+}
+
+/// One record of `GET /api/v2/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When (RFC 3339, UTC).
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// `aws`, `azure` or `gcp`.
+    pub provider: String,
+    /// The instance ID (empty when the proof did not verify).
+    pub instance_id: String,
+    /// The requested agent name (trimmed, may be empty).
+    pub agent_name: String,
+    /// `ok`, `bad_request`, `unauthorized`, `not_found`, `conflict`, `too_large`,
+    /// `rate_limited` or `unavailable`.
+    pub outcome: String,
+    /// The selected agent, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<uuid::Uuid>,
+    /// The client's address.
+    pub remote_addr: String,
+}
+
+/// The header carrying the admin token: `Authorization: Bearer <token>`.
+pub const ADMIN_AUTH_SCHEME: &str = "Bearer";

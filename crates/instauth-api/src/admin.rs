@@ -1,0 +1,258 @@
+//! The admin API (SPEC.md §4), authenticated by `Authorization: Bearer <admin token>`.
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use chrono::{NaiveDateTime, Utc};
+use instauth_store::{AgentAuth, NewAgent, NewBuild, NewResource, Workspace};
+use instauth_types::{
+    AgentStatus, AuditEntry, BuildRequest, BuildResponse, CreatedAgent, ResourceInfo,
+    ValidationError, WorkspaceInfo,
+};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::{token_hash, AppState};
+
+/// Proof that the request carried the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized(
+                "Admin token required: send Authorization: Bearer <token>.",
+            ))?;
+        // Compare digests in constant time: neither the token's length nor a prefix leaks.
+        if bool::from(token_hash(given).ct_eq(&state.inner.admin_token_hash)) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized("Admin token is invalid."))
+        }
+    }
+}
+
+fn new_agent_token() -> String {
+    format!(
+        "iat_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::session::random_secret())
+    )
+}
+
+/// `POST /api/v2/workspaces/{workspace}/builds` → 201
+pub(crate) async fn create_build(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(workspace): Path<String>,
+    JsonBody(body): JsonBody<BuildRequest>,
+) -> Result<Response, ApiError> {
+    let mut tokens = Vec::new();
+    let build = NewBuild {
+        resources: body
+            .resources
+            .into_iter()
+            .map(|r| NewResource {
+                name: r.name,
+                resource_type: r.resource_type,
+                agents: r
+                    .agents
+                    .into_iter()
+                    .map(|a| {
+                        let token = (a.auth == AgentAuth::Token.as_str()).then(new_agent_token);
+                        let hash = token.as_deref().map(|t| token_hash(t).to_vec());
+                        tokens.push(token);
+                        NewAgent {
+                            name: a.name,
+                            auth: a.auth,
+                            instance_id: a.instance_id,
+                            parent: a.parent,
+                            token_hash: hash,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let created = state.inner.store.create_build(&workspace, &build).await?;
+    let agents = created
+        .agents
+        .into_iter()
+        .zip(tokens)
+        .map(|(a, token)| CreatedAgent {
+            id: a.id,
+            name: a.name,
+            token,
+        })
+        .collect();
+    tracing::info!(workspace = %workspace, build_number = created.build_number, "Build created.");
+    Ok((
+        StatusCode::CREATED,
+        Json(BuildResponse {
+            workspace,
+            build_number: created.build_number,
+            agents,
+        }),
+    )
+        .into_response())
+}
+
+fn utc(t: Option<NaiveDateTime>) -> Option<chrono::DateTime<Utc>> {
+    t.map(|t| t.and_utc())
+}
+
+fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
+    let fresh_after = Utc::now().naive_utc() - state.inner.heartbeat_interval * 3;
+    WorkspaceInfo {
+        name: w.name,
+        build_number: w.build_number,
+        resources: with_resources.then(|| {
+            w.resources
+                .into_iter()
+                .map(|r| ResourceInfo {
+                    name: r.name,
+                    resource_type: r.resource_type,
+                })
+                .collect()
+        }),
+        agents: w
+            .agents
+            .into_iter()
+            .map(|a| AgentStatus {
+                id: a.id,
+                name: a.name,
+                resource_name: a.resource_name,
+                auth: a.auth.as_str().into(),
+                instance_id: a.instance_id,
+                parent: a.parent,
+                status: match a.last_connected_at {
+                    None => "connecting",
+                    Some(t) if t > fresh_after => "connected",
+                    Some(_) => "disconnected",
+                }
+                .into(),
+                lifecycle_state: a.lifecycle_state.as_str().into(),
+                first_connected_at: utc(a.first_connected_at),
+                last_connected_at: utc(a.last_connected_at),
+            })
+            .collect(),
+    }
+}
+
+/// `GET /api/v2/workspaces`
+pub(crate) async fn list_workspaces(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<Vec<WorkspaceInfo>>, ApiError> {
+    let all = state.inner.store.list_workspaces().await?;
+    Ok(Json(
+        all.into_iter().map(|w| info(&state, w, false)).collect(),
+    ))
+}
+
+fn workspace_not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "Workspace \"{}\" not found.",
+        name.chars().take(64).collect::<String>()
+    ))
+}
+
+/// `GET /api/v2/workspaces/{workspace}`
+pub(crate) async fn show_workspace(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<WorkspaceInfo>, ApiError> {
+    match state.inner.store.get_workspace(&name).await? {
+        Some(w) => Ok(Json(info(&state, w, true))),
+        None => Err(workspace_not_found(&name)),
+    }
+}
+
+/// `DELETE /api/v2/workspaces/{workspace}` → 204
+pub(crate) async fn delete_workspace(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.inner.store.delete_workspace(&name).await? {
+        tracing::info!(workspace = %name, "Workspace deleted.");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(workspace_not_found(&name))
+    }
+}
+
+/// `DELETE /api/v2/workspaceagents/{agent_id}/sessions` → 204: ends every session of an agent;
+/// the agent exchanges its proof again.
+pub(crate) async fn revoke_sessions(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(agent_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = Uuid::parse_str(&agent_id).map_err(|_| {
+        ApiError::Validation(vec![ValidationError {
+            field: "agent_id".into(),
+            detail: "must be a UUID".into(),
+        }])
+    })?;
+    if state.inner.store.revoke_agent_sessions(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("Agent \"{id}\" not found.")))
+    }
+}
+
+/// Query of `GET /api/v2/audit`.
+#[derive(Deserialize)]
+pub(crate) struct AuditQuery {
+    limit: Option<i64>,
+}
+
+/// Default and largest `limit` of `GET /api/v2/audit`.
+pub const AUDIT_LIMIT: (i64, i64) = (100, 1000);
+
+/// `GET /api/v2/audit?limit=N` → newest first.
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    _: Admin,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let limit = match query {
+        Ok(Query(q)) => q.limit.unwrap_or(AUDIT_LIMIT.0),
+        Err(_) => -1,
+    };
+    if !(1..=AUDIT_LIMIT.1).contains(&limit) {
+        return Err(ApiError::Validation(vec![ValidationError {
+            field: "limit".into(),
+            detail: "must be a whole number from 1 to 1000".into(),
+        }]));
+    }
+    let records = state.inner.store.list_audit(limit).await?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| AuditEntry {
+                time: r.record.time.and_utc(),
+                provider: r.record.provider,
+                instance_id: r.record.instance_id,
+                agent_name: r.record.agent_name,
+                outcome: r.record.outcome,
+                agent_id: r.record.agent_id,
+                remote_addr: r.record.remote_addr,
+            })
+            .collect(),
+    ))
+}

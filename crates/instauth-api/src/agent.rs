@@ -1,0 +1,87 @@
+//! The agent API (SPEC.md §3), authenticated by `Coder-Session-Token`: a signed session token
+//! from an exchange, or a static agent token of an `auth: "token"` agent.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use instauth_store::{AgentContext, LifecycleState};
+use instauth_types::{HeartbeatRequest, Manifest, ValidationError, SESSION_TOKEN_HEADER};
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::session::SESSION_TOKEN_PREFIX;
+use crate::{token_hash, AppState};
+
+/// The agent a request is authenticated as.
+pub struct AuthedAgent(pub AgentContext);
+
+impl FromRequestParts<AppState> for AuthedAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(SESSION_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized(
+                "Session token required in header Coder-Session-Token.",
+            ))?;
+        if token.len() > 512 {
+            return Err(ApiError::Unauthorized(
+                "Session token is invalid or expired.",
+            ));
+        }
+        let store = &state.inner.store;
+        let agent = if token.starts_with(SESSION_TOKEN_PREFIX) {
+            match state.inner.sessions.check(token, chrono::Utc::now()) {
+                Some(c) => store.session_agent_by_id(c.agent_id, c.generation).await?,
+                None => None,
+            }
+        } else {
+            store.token_agent(&token_hash(token)).await?
+        };
+        agent.map(AuthedAgent).ok_or(ApiError::Unauthorized(
+            "Session token is invalid or expired.",
+        ))
+    }
+}
+
+/// `GET /api/v2/workspaceagents/me/manifest`
+pub(crate) async fn manifest(AuthedAgent(a): AuthedAgent) -> Json<Manifest> {
+    Json(Manifest {
+        agent_id: a.agent_id,
+        agent_name: a.agent_name,
+        workspace_id: a.workspace_id,
+        workspace_name: a.workspace_name,
+        build_number: a.build_number,
+        resource_name: a.resource_name,
+        resource_type: a.resource_type,
+    })
+}
+
+/// `POST /api/v2/workspaceagents/me/heartbeat` → 204
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    AuthedAgent(a): AuthedAgent,
+    JsonBody(body): JsonBody<HeartbeatRequest>,
+) -> Result<Response, ApiError> {
+    let lifecycle = match LifecycleState::parse(&body.lifecycle_state) {
+        Some(LifecycleState::Created) | None => {
+            return Err(ApiError::Validation(vec![ValidationError {
+                field: "lifecycle_state".into(),
+                detail: "must be one of starting, ready, shutting_down, off".into(),
+            }]))
+        }
+        Some(s) => s,
+    };
+    state
+        .inner
+        .store
+        .record_heartbeat(a.agent_id, lifecycle, instauth_store::now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

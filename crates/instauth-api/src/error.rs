@@ -1,0 +1,184 @@
+//! The one place where errors become HTTP responses (SPEC.md §2–§5 status table).
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use instauth_types::{ErrorResponse, ValidationError};
+
+/// An API failure; `into_response` gives its status and stable JSON body.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The body is not JSON of the expected shape.
+    #[error("request body must be valid JSON")]
+    BadJson,
+    /// Fields missing, empty, malformed or over their limits.
+    #[error("validation failed")]
+    Validation(Vec<ValidationError>),
+    /// The body is over the limit.
+    #[error("request body too large")]
+    TooLarge,
+    /// The cloud proof did not verify.
+    #[error("invalid {provider} identity: {detail}")]
+    InvalidProof {
+        /// `AWS`, `Azure` or `GCP`.
+        provider: &'static str,
+        /// Which check failed (no secret material).
+        detail: String,
+    },
+    /// No candidate agent.
+    #[error("no candidate agent")]
+    NoCandidate {
+        /// The verified instance ID.
+        instance_id: String,
+        /// The requested (trimmed) name.
+        requested: Option<String>,
+        /// All candidates' names, sorted.
+        names: Vec<String>,
+    },
+    /// Several candidate agents.
+    #[error("several candidate agents")]
+    Conflict {
+        /// The verified instance ID.
+        instance_id: String,
+        /// Candidates' names, sorted and de-duplicated.
+        names: Vec<String>,
+    },
+    /// Missing or bad credentials on the agent or admin API.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// A named thing does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The client sends too fast.
+    #[error("rate limited")]
+    RateLimited {
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// The database is unavailable.
+    #[error("database unavailable")]
+    Unavailable,
+    /// Anything else: logged once with its cause, a generic message to the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The audit outcome word for this error.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::BadJson | ApiError::Validation(_) => "bad_request",
+            ApiError::TooLarge => "too_large",
+            ApiError::InvalidProof { .. } | ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NoCandidate { .. } | ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "error",
+        }
+    }
+}
+
+impl From<instauth_store::StoreError> for ApiError {
+    fn from(e: instauth_store::StoreError) -> Self {
+        match e {
+            instauth_store::StoreError::Validation(errs) => ApiError::Validation(
+                errs.into_iter()
+                    .map(|e| ValidationError {
+                        field: e.field,
+                        detail: e.detail,
+                    })
+                    .collect(),
+            ),
+            e if e.is_unavailable() => ApiError::Unavailable,
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn body(message: impl Into<String>) -> ErrorResponse {
+    ErrorResponse {
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::BadJson => (StatusCode::BAD_REQUEST, body("Request body must be valid JSON.")),
+            ApiError::Validation(validations) => (
+                StatusCode::BAD_REQUEST,
+                ErrorResponse {
+                    validations,
+                    ..body("Validation failed.")
+                },
+            ),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                body("Request body is too large."),
+            ),
+            ApiError::InvalidProof { provider, detail } => (
+                StatusCode::UNAUTHORIZED,
+                ErrorResponse {
+                    detail: Some(detail),
+                    ..body(format!("Invalid {provider} identity."))
+                },
+            ),
+            ApiError::NoCandidate {
+                instance_id,
+                requested,
+                names,
+            } => (
+                StatusCode::NOT_FOUND,
+                ErrorResponse {
+                    agent_names: Some(names),
+                    ..body(match requested {
+                        Some(name) => format!(
+                            "No agent found with instance ID \"{instance_id}\" and name \"{name}\"."
+                        ),
+                        None => format!("Instance with id \"{instance_id}\" not found."),
+                    })
+                },
+            ),
+            ApiError::Conflict { instance_id, names } => (
+                StatusCode::CONFLICT,
+                ErrorResponse {
+                    message: format!(
+                        "Multiple agents found with instance ID \"{instance_id}\". Set CODER_AGENT_NAME to one of: {}",
+                        names.join(", ")
+                    ),
+                    agent_names: Some(names),
+                    ..Default::default()
+                },
+            ),
+            ApiError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, body(why)),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, body(what)),
+            ApiError::RateLimited { retry_after } => {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, retry_after.to_string())],
+                    Json(body("Rate limit exceeded.")),
+                )
+                    .into_response()
+            }
+            ApiError::Unavailable => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "5")],
+                    Json(body("Database unavailable.")),
+                )
+                    .into_response()
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "Request failed with an internal error.");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    body("An internal error occurred."),
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
