@@ -66,6 +66,7 @@ struct Shared {
     heartbeat_interval: chrono::Duration,
     metrics: metrics::Metrics,
     audit: AuditSink,
+    audit_store: Store,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -104,7 +105,8 @@ impl AppState {
         let secret = store
             .server_secret("session-hmac", session::random_secret)
             .await?;
-        let (sink, writer) = audit::start(store.clone());
+        let audit_store = store.sibling(2).await?;
+        let (sink, writer) = audit::start(audit_store.clone());
         let state = AppState {
             inner: Arc::new(Shared {
                 store,
@@ -115,6 +117,7 @@ impl AppState {
                 heartbeat_interval: chrono_duration(config.heartbeat_interval),
                 metrics: metrics::Metrics::default(),
                 audit: sink,
+                audit_store,
             }),
         };
         Ok((state, writer))
@@ -123,6 +126,12 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Statements sent by the audit writer (separate from [`Store::queries_total`] of
+    /// [`AppState::store`], which counts the request path).
+    pub fn audit_queries_total(&self) -> u64 {
+        self.inner.audit_store.queries_total()
     }
 
     /// Waits until queued audit records are written.

@@ -549,6 +549,18 @@ impl Store {
         })
     }
 
+    /// Another store on the same database with its own pool of at most `max_size` connections
+    /// and its own statement counter (the audit writer uses one, so its writes neither wait for
+    /// nor are counted with request-path statements).
+    pub async fn sibling(&self, max_size: usize) -> Result<Store> {
+        let store = Store::connect(self.inner.config.clone()).await?;
+        match &store.inner.backend {
+            Backend::Postgres(p) => p.resize(max_size),
+            Backend::Sqlite(p) => p.resize(max_size),
+        }
+        Ok(store)
+    }
+
     /// Connects and applies pending migrations.
     pub async fn open(config: DatabaseConfig) -> Result<Store> {
         let store = Store::connect(config).await?;
