@@ -140,6 +140,25 @@ impl AppState {
     }
 }
 
+/// Every route as (method, path), in the order of docs/API.md; the router registers exactly these
+/// (checked by `tests/api_doc.rs`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v2/workspaceagents/aws-instance-identity"),
+    ("POST", "/api/v2/workspaceagents/azure-instance-identity"),
+    ("POST", "/api/v2/workspaceagents/google-instance-identity"),
+    ("GET", "/api/v2/workspaceagents/me/manifest"),
+    ("POST", "/api/v2/workspaceagents/me/heartbeat"),
+    ("GET", "/api/v2/workspaces"),
+    ("GET", "/api/v2/workspaces/{workspace}"),
+    ("DELETE", "/api/v2/workspaces/{workspace}"),
+    ("POST", "/api/v2/workspaces/{workspace}/builds"),
+    ("DELETE", "/api/v2/workspaceagents/{agent_id}/sessions"),
+    ("GET", "/api/v2/audit"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
 /// The complete router.
 pub fn router(state: AppState) -> Router {
     let exchange = Router::new()
