@@ -1,5 +1,6 @@
 //! `instauth identity verify` on the real public vectors (`testdata/real-vectors/`) and on a
 //! generated GCP token, through the built binary.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -118,7 +118,8 @@ mod tests {
     #[test]
     fn decision_table() {
         use Decision::*;
-        let cases: Vec<(&str, Option<&str>, Vec<C>, Decision<C>)> = vec![
+        type Case = (&'static str, Option<&'static str>, Vec<C>, Decision<C>);
+        let cases: Vec<Case> = vec![
             (
                 "one agent, no name (legacy)",
                 None,
