@@ -83,6 +83,9 @@ struct ServerArgs {
     /// Expected agent heartbeat interval; an agent is connected for 3 intervals after one.
     #[arg(long, env = "INSTAUTH_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
+    /// Token exchanges per second per client address (bursts of twice that); 0 disables.
+    #[arg(long, env = "INSTAUTH_EXCHANGE_RATE_LIMIT", default_value_t = 50)]
+    exchange_rate_limit: u32,
     /// Log format.
     #[arg(long, env = "INSTAUTH_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -214,6 +217,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             session_ttl: args.session_ttl,
             heartbeat_interval: args.heartbeat_interval,
             admin_token,
+            exchange_rate_limit: args.exchange_rate_limit,
         },
     )
     .await

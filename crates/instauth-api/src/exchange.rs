@@ -160,13 +160,18 @@ fn validate_gcp(r: &GoogleInstanceIdentityRequest) -> Vec<ValidationError> {
 async fn exchange<R>(
     state: &AppState,
     provider: Provider,
-    remote: String,
+    remote: RemoteAddr,
     body: Result<JsonBody<R>, ApiError>,
     validate: fn(&R) -> Vec<ValidationError>,
     name_of: fn(&R) -> Option<&str>,
     verify: impl AsyncFnOnce(&R) -> Result<Verified<Identity>, String>,
 ) -> Response {
     let started = Instant::now();
+    let limited = remote
+        .ip()
+        .map(|ip| state.inner.limiter.check(ip, started))
+        .unwrap_or(Ok(()));
+    let remote = remote.0;
     let mut audit = NewAuditRecord {
         time: instauth_store::now(),
         provider: provider.key.into(),
@@ -177,6 +182,7 @@ async fn exchange<R>(
         remote_addr: remote,
     };
     let result: Result<Candidate, ApiError> = async {
+        limited.map_err(|retry_after| ApiError::RateLimited { retry_after })?;
         let JsonBody(req) = body?;
         let requested = requested_name(name_of(&req));
         audit.agent_name = requested
@@ -252,7 +258,7 @@ async fn exchange<R>(
 /// `POST /api/v2/workspaceagents/aws-instance-identity`
 pub(crate) async fn aws(
     State(state): State<AppState>,
-    RemoteAddr(remote): RemoteAddr,
+    remote: RemoteAddr,
     body: Result<JsonBody<AwsInstanceIdentityRequest>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.aws;
@@ -271,7 +277,7 @@ pub(crate) async fn aws(
 /// `POST /api/v2/workspaceagents/azure-instance-identity`
 pub(crate) async fn azure(
     State(state): State<AppState>,
-    RemoteAddr(remote): RemoteAddr,
+    remote: RemoteAddr,
     body: Result<JsonBody<AzureInstanceIdentityRequest>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.azure;
@@ -290,7 +296,7 @@ pub(crate) async fn azure(
 /// `POST /api/v2/workspaceagents/google-instance-identity`
 pub(crate) async fn google(
     State(state): State<AppState>,
-    RemoteAddr(remote): RemoteAddr,
+    remote: RemoteAddr,
     body: Result<JsonBody<GoogleInstanceIdentityRequest>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.gcp;

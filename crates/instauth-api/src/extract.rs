@@ -33,6 +33,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// The peer's address as text (empty when the server was not started with connect info).
 pub struct RemoteAddr(pub String);
 
+impl RemoteAddr {
+    /// The peer's IP, if known.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.0.parse::<SocketAddr>().ok().map(|a| a.ip())
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
     type Rejection = std::convert::Infallible;
 

@@ -12,6 +12,7 @@ pub mod exchange;
 pub mod extract;
 pub mod metrics;
 mod ops;
+pub mod ratelimit;
 pub mod session;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct ApiConfig {
     pub heartbeat_interval: Duration,
     /// The admin token (only its hash is kept).
     pub admin_token: String,
+    /// Exchange requests per second per client address (bursts of twice that); 0 disables.
+    pub exchange_rate_limit: u32,
 }
 
 struct Shared {
@@ -67,6 +70,7 @@ struct Shared {
     metrics: metrics::Metrics,
     audit: AuditSink,
     audit_store: Store,
+    limiter: ratelimit::RateLimiter,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -118,6 +122,7 @@ impl AppState {
                 metrics: metrics::Metrics::default(),
                 audit: sink,
                 audit_store,
+                limiter: ratelimit::RateLimiter::new(config.exchange_rate_limit),
             }),
         };
         Ok((state, writer))

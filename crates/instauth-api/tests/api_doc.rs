@@ -60,6 +60,7 @@ async fn router_serves_every_listed_route() {
             session_ttl: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(15),
             admin_token: "t".into(),
+            exchange_rate_limit: 0,
         },
     )
     .await

@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 const ADMIN: &str = "test-admin-token";
 const REGION: &str = "us-test-1";
 const AUDIENCE: &str = "https://instauth.test";
+/// Exchanges per second per client: high enough for every test but one.
+const RATE: u32 = 1000;
 
 struct Srv {
     url: String,
@@ -63,6 +65,7 @@ async fn start(backend: TestBackend, session_ttl: Duration) -> Srv {
             session_ttl,
             heartbeat_interval: Duration::from_secs(15),
             admin_token: ADMIN.into(),
+            exchange_rate_limit: RATE,
         },
     )
     .await
@@ -730,3 +733,52 @@ server_test!(metrics_count_exchanges, |srv| async move {
         .unwrap();
     assert_eq!(res.status(), 404);
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_rate_limit_gets_429() {
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    let (state, _w) = AppState::new(
+        store,
+        verifiers(&pki()),
+        ApiConfig {
+            session_ttl: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(15),
+            admin_token: ADMIN.into(),
+            exchange_rate_limit: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = instauth_api::router(state.clone());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let http = reqwest::Client::new();
+    let post = || {
+        http.post(format!(
+            "{url}/api/v2/workspaceagents/aws-instance-identity"
+        ))
+        .json(&json!({}))
+        .send()
+    };
+    assert_eq!(post().await.unwrap().status(), 400);
+    assert_eq!(post().await.unwrap().status(), 400);
+    let res = post().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["message"], "Rate limit exceeded.");
+    state.flush_audit().await;
+    assert_eq!(
+        state.store().list_audit(1).await.unwrap()[0].record.outcome,
+        "rate_limited"
+    );
+}
