@@ -124,8 +124,11 @@ pub struct UnverifiedSignedData {
 impl UnverifiedSignedData {
     /// Parses a BER or DER `ContentInfo` holding `SignedData` over `id-data` content.
     pub fn parse(body: &[u8]) -> Result<Self, Pkcs7Error> {
-        let der = ber_to_der(body)?;
-        let info = ContentInfo::from_der(&der).map_err(der_err)?;
+        // Most bodies (Azure's) are DER already; only BER ones (AWS's) pay for normalising.
+        let info = match ContentInfo::from_der(body) {
+            Ok(info) => info,
+            Err(_) => ContentInfo::from_der(&ber_to_der(body)?).map_err(der_err)?,
+        };
         if info.content_type != ID_SIGNED_DATA {
             return Err(Pkcs7Error::NotSignedData {
                 actual: info.content_type,
