@@ -100,4 +100,17 @@ fn quickstart_flow_gives_a_session_token() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Workspace \"dev\" not found."));
     assert!(server.terminate().success());
+
+    // Every exchange attempt was audited, and the queue was flushed on SIGTERM.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcomes: Vec<String> = rt.block_on(async {
+        let store = instauth_store::Store::open(instauth_store::DatabaseConfig::Sqlite {
+            path: home.path().join(".local/share/instauth/instauth.db"),
+        })
+        .await
+        .unwrap();
+        let rows = store.list_audit(10).await.unwrap();
+        rows.into_iter().map(|r| r.record.outcome).collect()
+    });
+    assert_eq!(outcomes, ["conflict", "ok"]);
 }

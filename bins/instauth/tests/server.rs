@@ -125,6 +125,23 @@ async fn postgres_url_and_readiness_follow_the_database() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["message"], "Database unavailable.");
     assert_eq!(get(&format!("{}/healthz", server.url)).await, 200);
+    // An exchange whose proof verifies but cannot reach the database: 503, not 500.
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/aws-exchange.json"
+    ))
+    .unwrap();
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v2/workspaceagents/aws-instance-identity",
+            server.url
+        ))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "5");
     assert!(server.terminate().success());
 }
 
