@@ -56,6 +56,21 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify_signature_rsa1024", |b| {
         b.iter(|| verifier.verify(black_box(&sig)).unwrap())
     });
+    // AWS's own BER encoding (indefinite lengths, chunked content) pays for normalisation.
+    let real = instauth_types::AwsInstanceIdentityRequest {
+        pkcs7: Some(
+            std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../testdata/real-vectors/teleport-iid-rsa2048-us-west-2-i-078517ca8a70a1dde.p7.b64"
+            ))
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    assert!(verifier.verify(&real).is_ok());
+    g.bench_function("verify_rsa2048_pkcs7_real_ber", |b| {
+        b.iter(|| verifier.verify(black_box(&real)).unwrap())
+    });
     g.finish();
 }
 
