@@ -75,8 +75,13 @@ impl TestDb {
     /// A fresh, empty PostgreSQL database. Panics with instructions when PostgreSQL is
     /// unreachable: these tests must run for real.
     pub async fn postgres() -> TestDb {
+        TestDb::postgres_at(&admin_url()).await
+    }
+
+    /// A fresh database on the server at `admin` (a URL of an existing database).
+    pub async fn postgres_at(admin: &str) -> TestDb {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let admin = admin_url();
+        let admin = admin.to_owned();
         let name = format!(
             "instauth_test_{}_{}_{}",
             std::process::id(),

@@ -476,3 +476,10 @@ backend_test!(server_secret_is_created_once, |store| async move {
     assert_eq!(a, vec![1; 32]);
     assert_eq!(b, a);
 });
+
+/// PostgreSQL tests never skip: an unreachable server fails them with instructions.
+#[tokio::test]
+#[should_panic(expected = "or point the tests at another server with INSTAUTH_TEST_POSTGRES_URL")]
+async fn unreachable_postgres_fails_the_test_with_instructions() {
+    instauth_store::testing::TestDb::postgres_at("postgres://postgres@127.0.0.1:1/postgres").await;
+}
