@@ -475,3 +475,4 @@ pub fn sign_jwt_hs256(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
     )
 }
+pub mod imds;
