@@ -50,8 +50,9 @@ const CONSTRUCTED: u8 = 0x20;
 pub fn ber_to_der(input: &[u8]) -> Result<Vec<u8>, BerError> {
     let mut pos = 0;
     let mut out = Vec::with_capacity(input.len());
-    let el = parse(input, &mut pos, 0)?;
-    el.write(&mut out);
+    if write_element(input, &mut pos, 0, &mut out)? == Written::Eoc {
+        return Err(BerError::BadLength { offset: 0 });
+    }
     if pos != input.len() {
         return Err(BerError::TrailingData {
             count: input.len() - pos,
@@ -60,33 +61,33 @@ pub fn ber_to_der(input: &[u8]) -> Result<Vec<u8>, BerError> {
     Ok(out)
 }
 
-enum Element {
-    /// Tag bytes and the already-normalised content.
-    Tlv(Vec<u8>, Vec<u8>),
-    /// End-of-contents marker of an indefinite-length element.
+#[derive(PartialEq, Eq)]
+enum Written {
+    /// An element was appended to the output.
+    Element,
+    /// An end-of-contents marker was consumed (nothing written).
     Eoc,
 }
 
-impl Element {
-    fn write(&self, out: &mut Vec<u8>) {
-        if let Element::Tlv(tag, content) = self {
-            out.extend_from_slice(tag);
-            write_len(out, content.len());
-            out.extend_from_slice(content);
-        }
+fn len_bytes(len: usize) -> ([u8; 9], usize) {
+    let mut buf = [0u8; 9];
+    if len < 0x80 {
+        buf[0] = len as u8;
+        return (buf, 1);
     }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    let n = bytes.len() - skip;
+    buf[0] = 0x80 | n as u8;
+    for (dst, src) in buf.iter_mut().skip(1).zip(bytes.iter().skip(skip)) {
+        *dst = *src;
+    }
+    (buf, 1 + n)
 }
 
 fn write_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        let significant = bytes.get(skip..).unwrap_or_default();
-        out.push(0x80 | significant.len() as u8);
-        out.extend_from_slice(significant);
-    }
+    let (buf, n) = len_bytes(len);
+    out.extend_from_slice(buf.get(..n).unwrap_or_default());
 }
 
 fn byte(input: &[u8], pos: &mut usize, start: usize) -> Result<u8, BerError> {
@@ -97,19 +98,36 @@ fn byte(input: &[u8], pos: &mut usize, start: usize) -> Result<u8, BerError> {
     Ok(b)
 }
 
-fn parse(input: &[u8], pos: &mut usize, depth: usize) -> Result<Element, BerError> {
+/// Header length (tag + length bytes) of a DER element this module wrote at `at`.
+fn der_header_len(out: &[u8], at: usize) -> Option<usize> {
+    let first_len = *out.get(at + 1)?;
+    Some(if first_len < 0x80 {
+        2
+    } else {
+        2 + usize::from(first_len & 0x7f)
+    })
+}
+
+/// Normalises the element at `input[*pos..]`, appending its DER to `out` without
+/// intermediate allocations: a constructed element's length is inserted once its content is
+/// written.
+fn write_element(
+    input: &[u8],
+    pos: &mut usize,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<Written, BerError> {
     if depth > MAX_DEPTH {
         return Err(BerError::TooDeep);
     }
     let start = *pos;
     let first = byte(input, pos, start)?;
-    let mut tag = vec![first];
+    let tag_start = *pos - 1;
     if first & 0x1f == 0x1f {
         // High tag number form: base-128 continuation bytes.
         loop {
             let b = byte(input, pos, start)?;
-            tag.push(b);
-            if tag.len() > 6 {
+            if *pos - tag_start > 6 {
                 return Err(BerError::BadLength { offset: start });
             }
             if b & 0x80 == 0 {
@@ -117,6 +135,9 @@ fn parse(input: &[u8], pos: &mut usize, depth: usize) -> Result<Element, BerErro
             }
         }
     }
+    let tag = input
+        .get(tag_start..*pos)
+        .ok_or(BerError::Truncated { offset: start })?;
     let constructed = first & CONSTRUCTED != 0;
     let len_offset = *pos;
     let len_byte = byte(input, pos, start)?;
@@ -135,22 +156,20 @@ fn parse(input: &[u8], pos: &mut usize, depth: usize) -> Result<Element, BerErro
             Some(len)
         }
     };
-    if first == 0 && tag.len() == 1 {
+    if first == 0 {
         // End-of-contents: tag 0, length 0.
         return if definite_len == Some(0) {
-            Ok(Element::Eoc)
+            Ok(Written::Eoc)
         } else {
             Err(BerError::BadLength { offset: len_offset })
         };
     }
     let end = match definite_len {
-        Some(len) => {
-            let end = pos
-                .checked_add(len)
+        Some(len) => Some(
+            pos.checked_add(len)
                 .filter(|e| *e <= input.len())
-                .ok_or(BerError::BadLength { offset: len_offset })?;
-            Some(end)
-        }
+                .ok_or(BerError::BadLength { offset: len_offset })?,
+        ),
         None if constructed => None,
         None => return Err(BerError::BadLength { offset: len_offset }),
     };
@@ -158,12 +177,31 @@ fn parse(input: &[u8], pos: &mut usize, depth: usize) -> Result<Element, BerErro
         let end = end.ok_or(BerError::BadLength { offset: len_offset })?;
         let content = input
             .get(*pos..end)
-            .ok_or(BerError::Truncated { offset: start })?
-            .to_vec();
+            .ok_or(BerError::Truncated { offset: start })?;
+        out.extend_from_slice(tag);
+        write_len(out, content.len());
+        out.extend_from_slice(content);
         *pos = end;
-        return Ok(Element::Tlv(tag, content));
+        return Ok(Written::Element);
     }
-    let mut children = Vec::new();
+    let chunked_octets = first == TAG_OCTET_STRING_CONSTRUCTED;
+    if !chunked_octets
+        && tag.len() == 1
+        && first & 0xc0 == 0
+        && (first & 0x1f) != 0x10
+        && (first & 0x1f) != 0x11
+    {
+        // Other universal constructed types (strings, BIT STRING) are not used by PKCS#7 bodies
+        // we accept; refuse rather than guess.
+        return Err(BerError::UnsupportedConstructedString { offset: start });
+    }
+    if chunked_octets {
+        // Chunked OCTET STRING: DER wants one primitive string with the chunks joined.
+        out.push(TAG_OCTET_STRING);
+    } else {
+        out.extend_from_slice(tag);
+    }
+    let content_start = out.len();
     loop {
         if let Some(end) = end {
             if *pos == end {
@@ -173,33 +211,30 @@ fn parse(input: &[u8], pos: &mut usize, depth: usize) -> Result<Element, BerErro
                 return Err(BerError::BadLength { offset: len_offset });
             }
         }
-        match parse(input, pos, depth + 1)? {
-            Element::Eoc if end.is_none() => break,
-            Element::Eoc => return Err(BerError::BadLength { offset: *pos }),
-            child => children.push(child),
-        }
-    }
-    if first == TAG_OCTET_STRING_CONSTRUCTED {
-        // Chunked OCTET STRING: DER wants one primitive string with the chunks joined.
-        let mut joined = Vec::new();
-        for child in children {
-            match child {
-                Element::Tlv(t, c) if t == [TAG_OCTET_STRING] => joined.extend_from_slice(&c),
-                _ => return Err(BerError::UnsupportedConstructedString { offset: start }),
+        let child_start = out.len();
+        match write_element(input, pos, depth + 1, out)? {
+            Written::Eoc if end.is_none() => break,
+            Written::Eoc => return Err(BerError::BadLength { offset: *pos }),
+            Written::Element if chunked_octets => {
+                // Keep only the chunk's bytes (nested chunking is already flattened).
+                if out.get(child_start) != Some(&TAG_OCTET_STRING) {
+                    return Err(BerError::UnsupportedConstructedString { offset: start });
+                }
+                let chunk_start = der_header_len(out, child_start)
+                    .map(|hdr| child_start + hdr)
+                    .filter(|s| *s <= out.len())
+                    .ok_or(BerError::UnsupportedConstructedString { offset: start })?;
+                out.drain(child_start..chunk_start);
             }
+            Written::Element => {}
         }
-        return Ok(Element::Tlv(vec![TAG_OCTET_STRING], joined));
     }
-    if tag.len() == 1 && first & 0xc0 == 0 && (first & 0x1f) != 0x10 && (first & 0x1f) != 0x11 {
-        // Other universal constructed types (strings, BIT STRING) are not used by PKCS#7 bodies
-        // we accept; refuse rather than guess.
-        return Err(BerError::UnsupportedConstructedString { offset: start });
-    }
-    let mut content = Vec::new();
-    for child in children {
-        child.write(&mut content);
-    }
-    Ok(Element::Tlv(tag, content))
+    let (len_buf, n) = len_bytes(out.len() - content_start);
+    out.splice(
+        content_start..content_start,
+        len_buf.get(..n).unwrap_or_default().iter().copied(),
+    );
+    Ok(Written::Element)
 }
 
 #[cfg(test)]
@@ -223,6 +258,22 @@ mod tests {
             ber_to_der(&ber).unwrap(),
             [0x30, 0x05, 0x04, 0x03, b'a', b'b', b'c']
         );
+    }
+
+    #[test]
+    fn nested_chunks_and_long_lengths_are_flattened() {
+        let ber = [
+            0x24, 0x80, 0x24, 0x80, 0x04, 0x01, b'a', 0x00, 0x00, 0x04, 0x81, 0x01, b'b', 0x00,
+            0x00,
+        ];
+        assert_eq!(ber_to_der(&ber).unwrap(), [0x04, 0x02, b'a', b'b']);
+        let long = vec![0u8; 300];
+        let mut ber = vec![0x30, 0x80, 0x04, 0x82, 0x01, 0x2c];
+        ber.extend_from_slice(&long);
+        ber.extend_from_slice(&[0, 0]);
+        let der = ber_to_der(&ber).unwrap();
+        assert_eq!(der[..6], [0x30, 0x82, 0x01, 0x30, 0x04, 0x82]);
+        assert_eq!(der.len(), 4 + 4 + 300);
     }
 
     #[test]
