@@ -1,0 +1,386 @@
+//! End to end: the real `instauth` server, real `instauth-agent` processes, fake cloud metadata
+//! services serving proofs signed with the test PKI. Run on SQLite and on PostgreSQL.
+//!
+//! The server binary is taken from `INSTAUTH_BIN`, or from beside this package's binary (the
+//! same target directory): build it first with `cargo build -p instauth`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use instauth_store::testing::TestDb;
+use instauth_store::DatabaseConfig;
+use instauth_testkit::imds::{AwsImdsMode, FakeImds};
+use instauth_testkit::TestPki;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_instauth-agent");
+const WAIT: Duration = Duration::from_secs(60);
+
+fn server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("INSTAUTH_BIN") {
+        return p.into();
+    }
+    let p = PathBuf::from(AGENT).with_file_name("instauth");
+    assert!(
+        p.exists(),
+        "the server binary {} is missing: build it first with `cargo build -p instauth` \
+         (same CARGO_TARGET_DIR and profile), or set INSTAUTH_BIN",
+        p.display()
+    );
+    p
+}
+
+/// Lines a child printed on one stream, collected as they come.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(&self, stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) {
+        let lines = self.0.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stream).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                lines.lock().unwrap().push(l);
+            }
+        });
+    }
+
+    fn find(&self, needle: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    async fn wait_for(&self, needle: &str, what: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.find(needle) {
+                return l;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{what}: no line with {needle:?} after {WAIT:?}; output:\n{}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    admin_token: String,
+    http: reqwest::Client,
+    stderr: Lines,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(pki: &TestPki, db: &TestDb) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let aws = dir.path().join("aws.pem");
+        std::fs::write(&aws, pki.aws_certificates_pem("us-east-1")).unwrap();
+        let azure = dir.path().join("azure-roots.pem");
+        std::fs::write(&azure, pki.azure_root_pem()).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, TestPki::gcp_jwks_json()).unwrap();
+        let data = dir.path().join("data");
+
+        let mut cmd = Command::new(server_binary());
+        cmd.arg("server")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--aws-certificates")
+            .arg(&aws)
+            .arg("--azure-roots")
+            .arg(&azure)
+            .arg("--google-jwks-url")
+            .arg(&jwks)
+            .args(["--google-audience", "coder", "--heartbeat-interval", "1s"])
+            .env_remove("INSTAUTH_POSTGRES_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let DatabaseConfig::Postgres { url } = &db.config {
+            cmd.args(["--postgres-url", url]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = Lines::default();
+        stdout.follow(child.stdout.take().unwrap());
+        let stderr = Lines::default();
+        stderr.follow(child.stderr.take().unwrap());
+        let start = Instant::now();
+        let line = loop {
+            if let Some(l) = stdout.find("listening on http://") {
+                break l;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the server exited with {status}:\n{}", stderr.all());
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "the server did not start:\n{}",
+                stderr.all()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let url = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let admin_token = std::fs::read_to_string(data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Server {
+            child,
+            url,
+            admin_token,
+            http: reqwest::Client::new(),
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    async fn create_build(&self, workspace: &str, resource_type: &str, agents: serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/api/v2/workspaces/{workspace}/builds", self.url))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({
+                "resources": [{"name": "vm", "type": resource_type, "agents": agents}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        assert_eq!(status, 201, "create build {workspace}: {body}");
+    }
+
+    async fn workspace(&self, workspace: &str) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(format!("{}/api/v2/workspaces/{workspace}", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "show {workspace}");
+        resp.json().await.unwrap()
+    }
+
+    /// Waits until every agent of `workspace` has `field == value`.
+    async fn wait_agents(&self, workspace: &str, field: &str, value: &str) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let ws = self.workspace(workspace).await;
+            let agents = ws["agents"].as_array().unwrap();
+            if !agents.is_empty() && agents.iter().all(|a| a[field] == value) {
+                return ws;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{workspace}: agents never all {field}={value}: {ws:#}\nserver log:\n{}",
+                self.stderr.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+struct Agent {
+    child: Child,
+    stderr: Lines,
+    name: String,
+}
+
+impl Agent {
+    fn start(server: &Server, auth: &str, name: Option<&str>, env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(AGENT);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CODER_AGENT_AUTH", auth)
+            .env("CODER_AGENT_URL", &server.url)
+            .env("CODER_AGENT_PROMETHEUS_ADDRESS", "127.0.0.1:0")
+            .env("CODER_AGENT_DEBUG_ADDRESS", "127.0.0.1:0")
+            .env("CODER_AGENT_HEARTBEAT_INTERVAL", "1s")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(n) = name {
+            cmd.env("CODER_AGENT_NAME", n);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Lines::default();
+        stderr.follow(child.stderr.take().unwrap());
+        Agent {
+            child,
+            stderr,
+            name: name.unwrap_or("(unnamed)").to_owned(),
+        }
+    }
+
+    async fn terminate(mut self) {
+        let pid = self.child.id().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            exit.success(),
+            "agent {} exited with {exit}:\n{}",
+            self.name,
+            self.stderr.all()
+        );
+    }
+}
+
+async fn scenario(db: TestDb) {
+    let pki = TestPki::new();
+    let server = Server::start(&pki, &db).await;
+
+    // AWS: one instance, two agents; a third agent without a name is refused with the names.
+    let instance = "i-0e2e0000000000001";
+    server
+        .create_build(
+            "aws-multi",
+            "aws_instance",
+            serde_json::json!([
+                {"name": "main", "auth": "aws-instance-identity", "instance_id": instance},
+                {"name": "dev", "auth": "aws-instance-identity", "instance_id": instance},
+            ]),
+        )
+        .await;
+    let aws = FakeImds::aws(&pki, instance, "us-east-1", AwsImdsMode::Imdsv2Required).await;
+    let aws_env = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", aws.url())];
+    let main = Agent::start(&server, "aws-instance-identity", Some("main"), &aws_env);
+    let dev = Agent::start(&server, "aws-instance-identity", Some(" dev "), &aws_env);
+    let unnamed = Agent::start(&server, "aws-instance-identity", None, &aws_env);
+    main.stderr.wait_for("connected", "agent main").await;
+    dev.stderr.wait_for("connected", "agent dev").await;
+    let ws = server.wait_agents("aws-multi", "status", "connected").await;
+    assert_eq!(ws["agents"].as_array().unwrap().len(), 2);
+    let line = unnamed
+        .stderr
+        .wait_for("set CODER_AGENT_NAME to one of: dev, main", "unnamed agent")
+        .await;
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(unnamed.stderr.find("connected").is_none());
+
+    // Azure and GCP: one agent each.
+    let vm_id = "2f0c0e4e-0000-4000-8000-0000000000e2";
+    server
+        .create_build(
+            "azure-one",
+            "azurerm_linux_virtual_machine",
+            serde_json::json!([{"name": "main", "auth": "azure-instance-identity", "instance_id": vm_id}]),
+        )
+        .await;
+    let azure = FakeImds::azure(&pki, vm_id).await;
+    let azure_agent = Agent::start(
+        &server,
+        "azure-instance-identity",
+        Some("main"),
+        &[("CODER_AGENT_AZURE_METADATA_URL", azure.url())],
+    );
+    let gce_id = "4242000000000000042";
+    server
+        .create_build(
+            "gcp-one",
+            "google_compute_instance",
+            serde_json::json!([{"name": "main", "auth": "google-instance-identity", "instance_id": gce_id}]),
+        )
+        .await;
+    let gcp = FakeImds::gcp(gce_id).await;
+    let gcp_agent = Agent::start(
+        &server,
+        "google-instance-identity",
+        None,
+        &[
+            ("GCE_METADATA_HOST", gcp.host()),
+            ("CODER_AGENT_GOOGLE_AUDIENCE", "coder"),
+        ],
+    );
+    azure_agent
+        .stderr
+        .wait_for("connected", "azure agent")
+        .await;
+    gcp_agent.stderr.wait_for("connected", "gcp agent").await;
+    server.wait_agents("azure-one", "status", "connected").await;
+    server.wait_agents("gcp-one", "status", "connected").await;
+    server
+        .wait_agents("aws-multi", "lifecycle_state", "ready")
+        .await;
+
+    // A new build ends the old sessions: the agents get 401, exchange again, and connect as
+    // the new build's agents.
+    server
+        .create_build(
+            "aws-multi",
+            "aws_instance",
+            serde_json::json!([
+                {"name": "main", "auth": "aws-instance-identity", "instance_id": instance},
+                {"name": "dev", "auth": "aws-instance-identity", "instance_id": instance},
+            ]),
+        )
+        .await;
+    let ws = server.wait_agents("aws-multi", "status", "connected").await;
+    assert_eq!(ws["build_number"], 2);
+    main.stderr
+        .wait_for("obtaining a new one", "agent main after a new build")
+        .await;
+
+    // SIGTERM: shutting_down, then off, exit 0.
+    for a in [main, dev, azure_agent, gcp_agent, unnamed] {
+        a.terminate().await;
+    }
+    server
+        .wait_agents("aws-multi", "lifecycle_state", "off")
+        .await;
+    server
+        .wait_agents("azure-one", "lifecycle_state", "off")
+        .await;
+    server
+        .wait_agents("gcp-one", "lifecycle_state", "off")
+        .await;
+
+    let mut child = server.child;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_connect_on_sqlite() {
+    scenario(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_connect_on_postgres() {
+    scenario(TestDb::postgres().await).await;
+}
