@@ -17,6 +17,7 @@
 
 #![allow(clippy::unwrap_used)] // Test support: a failure here is a broken test, not input.
 
+pub mod bench;
 pub mod der_build;
 pub mod jwks_server;
 pub mod keys;

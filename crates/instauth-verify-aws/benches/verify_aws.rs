@@ -8,11 +8,16 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use instauth_testkit::bench::{interleaved_ratio, print_ratio};
 use instauth_testkit::{TestKey, TestPki};
 use instauth_verify_aws::{AwsCertificates, AwsVerifier};
 use ring::signature::{
     UnparsedPublicKey, RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, RSA_PKCS1_2048_8192_SHA256,
 };
+
+/// Interleaved rounds x calls per batch for the noise-resistant ratio printed first.
+const ROUNDS: usize = 40;
+const BATCH: usize = 50;
 
 fn bench(c: &mut Criterion) {
     let pki = TestPki::new();
@@ -35,6 +40,58 @@ fn bench(c: &mut Criterion) {
     let raw1024 = TestKey::AwsRegion1024.sign_sha256(doc.as_bytes());
     let key1024 = TestKey::AwsRegion1024.pkcs1_public_der();
 
+    // AWS's own BER encoding (indefinite lengths, chunked content) pays for normalisation.
+    let real = instauth_types::AwsInstanceIdentityRequest {
+        pkcs7: Some(
+            std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../testdata/real-vectors/teleport-iid-rsa2048-us-west-2-i-078517ca8a70a1dde.p7.b64"
+            ))
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    assert!(verifier.verify(&real).is_ok());
+    let r = interleaved_ratio(
+        ROUNDS,
+        BATCH,
+        || {
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key2048)
+                .verify(black_box(doc.as_bytes()), black_box(&raw2048))
+                .unwrap()
+        },
+        || {
+            verifier.verify(black_box(&pkcs7)).unwrap();
+        },
+    );
+    print_ratio("aws/verify_rsa2048_pkcs7", r);
+    let r = interleaved_ratio(
+        ROUNDS,
+        BATCH,
+        || {
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key2048)
+                .verify(black_box(doc.as_bytes()), black_box(&raw2048))
+                .unwrap()
+        },
+        || {
+            verifier.verify(black_box(&real)).unwrap();
+        },
+    );
+    print_ratio("aws/verify_rsa2048_pkcs7_real_ber", r);
+    let r = interleaved_ratio(
+        ROUNDS,
+        BATCH,
+        || {
+            UnparsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, &key1024)
+                .verify(black_box(doc.as_bytes()), black_box(&raw1024))
+                .unwrap()
+        },
+        || {
+            verifier.verify(black_box(&sig)).unwrap();
+        },
+    );
+    print_ratio("aws/verify_signature_rsa1024", r);
+
     let mut g = c.benchmark_group("aws");
     g.bench_function("raw_ring_rsa2048_verify", |b| {
         b.iter(|| {
@@ -56,18 +113,6 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify_signature_rsa1024", |b| {
         b.iter(|| verifier.verify(black_box(&sig)).unwrap())
     });
-    // AWS's own BER encoding (indefinite lengths, chunked content) pays for normalisation.
-    let real = instauth_types::AwsInstanceIdentityRequest {
-        pkcs7: Some(
-            std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../testdata/real-vectors/teleport-iid-rsa2048-us-west-2-i-078517ca8a70a1dde.p7.b64"
-            ))
-            .unwrap(),
-        ),
-        ..Default::default()
-    };
-    assert!(verifier.verify(&real).is_ok());
     g.bench_function("verify_rsa2048_pkcs7_real_ber", |b| {
         b.iter(|| verifier.verify(black_box(&real)).unwrap())
     });

@@ -10,10 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use instauth_testkit::bench::{interleaved_ratio, print_ratio};
 use instauth_testkit::{TestKey, TestPki};
 use instauth_verify::FixedClock;
 use instauth_verify_azure::{AzureTrust, AzureVerifier};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+
+/// Interleaved rounds x calls per batch for the noise-resistant ratio printed first.
+const ROUNDS: usize = 40;
+const BATCH: usize = 50;
 
 fn bench(c: &mut Criterion) {
     let pki = TestPki::new();
@@ -26,6 +31,20 @@ fn bench(c: &mut Criterion) {
     let content = TestPki::azure_document("bd8e7443-24a0-41f3-b949-8baf4fd1c573", "sub-1");
     let raw = TestKey::AzureSigner.sign_sha256(content.as_bytes());
     let key = TestKey::AzureSigner.pkcs1_public_der();
+
+    let r = interleaved_ratio(
+        ROUNDS,
+        BATCH,
+        || {
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key)
+                .verify(black_box(content.as_bytes()), black_box(&raw))
+                .unwrap()
+        },
+        || {
+            verifier.verify(black_box(&req)).unwrap();
+        },
+    );
+    print_ratio("azure/verify_attested_document", r);
 
     let mut g = c.benchmark_group("azure");
     g.bench_function("raw_ring_rsa2048_verify", |b| {

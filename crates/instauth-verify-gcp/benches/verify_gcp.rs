@@ -9,10 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use instauth_testkit::bench::{interleaved_ratio, print_ratio};
 use instauth_testkit::{TestKey, TestPki};
 use instauth_verify::FixedClock;
 use instauth_verify_gcp::{GcpVerifier, JwkSet, JwksSource};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+
+/// Interleaved rounds x calls per batch for the noise-resistant ratio printed first.
+const ROUNDS: usize = 40;
+const BATCH: usize = 50;
 
 fn bench(c: &mut Criterion) {
     let pki = TestPki::new();
@@ -30,6 +35,20 @@ fn bench(c: &mut Criterion) {
     let (input, _) = req.json_web_token.rsplit_once('.').unwrap();
     let raw = TestKey::Gcp1.sign_sha256(input.as_bytes());
     let key = TestKey::Gcp1.pkcs1_public_der();
+
+    let r = interleaved_ratio(
+        ROUNDS,
+        BATCH,
+        || {
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key)
+                .verify(black_box(input.as_bytes()), black_box(&raw))
+                .unwrap()
+        },
+        || {
+            rt.block_on(verifier.verify(black_box(&req))).unwrap();
+        },
+    );
+    print_ratio("gcp/verify_identity_jwt", r);
 
     let mut g = c.benchmark_group("gcp");
     g.bench_function("raw_ring_rsa2048_verify", |b| {
