@@ -3,8 +3,10 @@
 //! The verifier crates (`instauth-verify-aws`, `-azure`, `-gcp`) turn a cloud's instance identity
 //! proof into a [`Verified<Identity>`]. Nothing else can make a `Verified`: its constructor is
 //! only compiled with the `__verifier-internals` feature, which only the verifier crates enable
-//! (`tests/sealed.rs` checks every workspace manifest). Code that holds an `Identity` that did not
-//! come out of a verifier therefore cannot hand it to anything that asks for a `Verified` one.
+//! (`tests/sealed.rs` checks every workspace manifest, and, since cargo unifies features within a
+//! build, that no source outside the verifier crates names the constructor). Code that holds an
+//! `Identity` that did not come out of a verifier therefore cannot hand it to anything that asks
+//! for a `Verified` one.
 //!
 //! This crate also holds the pieces the verifiers share: the injectable [`Clock`], a strict
 //! base64 decoder, and the PKCS#7 `SignedData` reader used for AWS and Azure ([`pkcs7`]).
