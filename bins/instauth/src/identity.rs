@@ -40,22 +40,9 @@ pub struct IdentityVerifyArgs {
     /// of now, to inspect old proofs.
     #[arg(long, value_parser = parse_time)]
     pub at: Option<DateTime<Utc>>,
-    /// PEM file or directory adding to / overriding the built-in AWS region certificates
-    /// (`# region: NAME` comments or `NAME.pem` files; `default` is the fallback).
-    #[arg(long, env = "INSTAUTH_AWS_CERTIFICATES")]
-    pub aws_certificates: Option<PathBuf>,
-    /// PEM bundle of trust anchors replacing the built-in Azure roots.
-    #[arg(long, env = "INSTAUTH_AZURE_ROOTS")]
-    pub azure_roots: Option<PathBuf>,
-    /// PEM bundle of extra Azure intermediate certificates.
-    #[arg(long, env = "INSTAUTH_AZURE_INTERMEDIATES")]
-    pub azure_intermediates: Option<PathBuf>,
-    /// Google JWKS: an http(s) URL, or a path to a JWKS JSON file.
-    #[arg(long, env = "INSTAUTH_GOOGLE_JWKS_URL", default_value = instauth_verify_gcp::DEFAULT_JWKS_URL)]
-    pub google_jwks_url: String,
-    /// The audience GCP tokens must be issued for.
-    #[arg(long, env = "INSTAUTH_GOOGLE_AUDIENCE", default_value = "coder")]
-    pub google_audience: String,
+    /// Trust material, as for `instauth server`.
+    #[command(flatten)]
+    pub trust: crate::trust::TrustArgs,
 }
 
 fn read_input(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -92,34 +79,21 @@ pub async fn run(args: IdentityVerifyArgs) -> anyhow::Result<ExitCode> {
         None => Arc::new(SystemClock),
     };
     let input = read_input(&args.file)?;
+    let verifiers = args.trust.verifiers(clock)?;
     let result: Result<Verified<Identity>, String> = match args.provider {
-        ProviderArg::Aws => {
-            let verifier =
-                instauth_verify_aws::AwsVerifier::from_config(args.aws_certificates.as_deref())
-                    .context("cannot load AWS certificates")?;
-            let req = body(&input, &args)?;
-            verifier.verify(&req).map_err(|e| e.to_string())
-        }
-        ProviderArg::Azure => {
-            let trust = instauth_verify_azure::AzureTrust::from_config(
-                args.azure_roots.as_deref(),
-                args.azure_intermediates.as_deref(),
-            )
-            .context("cannot load Azure trust material")?;
-            let verifier = instauth_verify_azure::AzureVerifier::new(trust, clock);
-            let req = body(&input, &args)?;
-            verifier.verify(&req).map_err(|e| e.to_string())
-        }
-        ProviderArg::Gcp => {
-            let verifier = instauth_verify_gcp::GcpVerifier::from_config(
-                &args.google_jwks_url,
-                &args.google_audience,
-                clock,
-            )
-            .context("cannot load Google keys")?;
-            let req = body(&input, &args)?;
-            verifier.verify(&req).await.map_err(|e| e.to_string())
-        }
+        ProviderArg::Aws => verifiers
+            .aws
+            .verify(&body(&input, &args)?)
+            .map_err(|e| e.to_string()),
+        ProviderArg::Azure => verifiers
+            .azure
+            .verify(&body(&input, &args)?)
+            .map_err(|e| e.to_string()),
+        ProviderArg::Gcp => verifiers
+            .gcp
+            .verify(&body(&input, &args)?)
+            .await
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(identity) => {
