@@ -2,7 +2,6 @@
 //! generated GCP token, through the built binary.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
