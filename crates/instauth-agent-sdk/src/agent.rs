@@ -191,9 +191,8 @@ impl Agent {
                     self.options.heartbeat_interval
                 }
                 Err(e) => {
-                    if connected {
-                        connected = false;
-                    }
+                    // Log `connected` again once a heartbeat gets through.
+                    connected = false;
                     self.session.metrics().set_connected(false);
                     self.failed(&e, "send a heartbeat");
                     backoff.next_delay(e.retry_after())

@@ -95,8 +95,10 @@ impl std::fmt::Display for LifecycleState {
 /// Parses a `key=value` header as given to `--agent-header`.
 pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue)> {
     let Some((key, value)) = s.split_once('=') else {
+        // Name only what precedes a `:` or a space: the rest may be a secret.
+        let key = s.split([':', ' ']).next().unwrap_or_default();
         return Err(Error::Header {
-            header: truncate(s, 40),
+            header: truncate(key, 40),
             detail: "expected key=value".into(),
         });
     };

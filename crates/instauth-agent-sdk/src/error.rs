@@ -114,7 +114,7 @@ pub enum Error {
     /// A configured header is malformed.
     #[error("invalid agent header {header:?}: {detail}")]
     Header {
-        /// The offending `key=value` (value omitted when it may be secret).
+        /// The offending header's name (never its value, which may be secret).
         header: String,
         /// What is wrong with it.
         detail: String,
