@@ -88,7 +88,9 @@ async fn exchange(
         let c = s.config.lock().unwrap();
         (c.exchange_delay, c.conflict.clone())
     };
-    tokio::time::sleep(delay).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(names) = conflict {
         return error(
             StatusCode::CONFLICT,
