@@ -339,12 +339,20 @@ impl TestPki {
         self.azure_intermediate.pem()
     }
 
-    /// An attested document body as IMDS returns it.
+    /// An attested document body as IMDS returns it, created a minute ago.
     pub fn azure_document(vm_id: &str, subscription_id: &str) -> String {
+        Self::azure_document_at(vm_id, subscription_id, Utc::now() - Duration::minutes(1))
+    }
+
+    /// An attested document created at `created`, expiring 6 hours later (as Azure does).
+    pub fn azure_document_at(vm_id: &str, subscription_id: &str, created: DateTime<Utc>) -> String {
+        let fmt = "%m/%d/%y %H:%M:%S -0000";
+        let created_on = created.format(fmt);
+        let expires_on = (created + Duration::hours(6)).format(fmt);
         format!(
             "{{\"licenseType\":\"\",\"nonce\":\"20240101-000000\",\"plan\":{{\"name\":\"\",\"product\":\"\",\"publisher\":\"\"}},\
              \"sku\":\"22_04-lts-gen2\",\"subscriptionId\":\"{subscription_id}\",\
-             \"timeStamp\":{{\"createdOn\":\"01/01/24 00:00:00 -0000\",\"expiresOn\":\"01/01/24 06:00:00 -0000\"}},\
+             \"timeStamp\":{{\"createdOn\":\"{created_on}\",\"expiresOn\":\"{expires_on}\"}},\
              \"vmId\":\"{vm_id}\",\"location\":\"westeurope\"}}"
         )
     }
@@ -352,7 +360,8 @@ impl TestPki {
     /// A request signed like Azure: leaf and intermediate in the bag, no signed attributes,
     /// `digestAlgorithm = sha256WithRSAEncryption`; subscription `sub-1`.
     pub fn azure_proof(&self, vm_id: &str) -> AzureInstanceIdentityRequest {
-        let der = self.azure_pkcs7_like_azure(Self::azure_document(vm_id, "sub-1").as_bytes());
+        let doc = Self::azure_document_at(vm_id, "sub-1", self.now - Duration::minutes(1));
+        let der = self.azure_pkcs7_like_azure(doc.as_bytes());
         Self::azure_request(&der)
     }
 

@@ -95,6 +95,23 @@ pub enum AzureError {
         /// webpki's reason.
         reason: String,
     },
+    /// The attested document's own validity (`timeStamp.expiresOn`, about 6 hours after
+    /// `createdOn`) has passed: a replayed proof.
+    #[error("attested document expired: now {now}, expiresOn {expires_on}")]
+    DocumentExpired {
+        /// The verification time.
+        now: DateTime<Utc>,
+        /// The document's `expiresOn`.
+        expires_on: DateTime<Utc>,
+    },
+    /// The attested document was created after the verification time.
+    #[error("attested document not yet valid: now {now}, createdOn {created_on}")]
+    DocumentNotYetValid {
+        /// The verification time.
+        now: DateTime<Utc>,
+        /// The document's `createdOn`.
+        created_on: DateTime<Utc>,
+    },
     /// The signed content is not the attested document JSON.
     #[error("attested document is not valid: {reason}")]
     MalformedDocument {
@@ -283,6 +300,26 @@ struct AttestedDocument {
     subscription_id: String,
     #[serde(default)]
     location: String,
+    time_stamp: TimeStamp,
+}
+
+/// `timeStamp` of an attested document: `"04/19/22 01:27:21 -0000"` (month/day/year).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeStamp {
+    created_on: String,
+    expires_on: String,
+}
+
+/// Leeway for clock skew between Azure and this server when checking `timeStamp`.
+pub const TIMESTAMP_LEEWAY_SECONDS: i64 = 60;
+
+fn parse_timestamp(field: &str, value: &str) -> Result<DateTime<Utc>, AzureError> {
+    DateTime::parse_from_str(value, "%m/%d/%y %H:%M:%S %z")
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| AzureError::MalformedDocument {
+            reason: format!("timeStamp.{field} is not MM/DD/YY HH:MM:SS ±ZZZZ"),
+        })
 }
 
 fn unix_time(t: DateTime<Utc>) -> UnixTime {
@@ -420,6 +457,17 @@ impl AzureVerifier {
             return Err(AzureError::MalformedDocument {
                 reason: "vmId is empty".into(),
             });
+        }
+        // The document's own lifetime bounds replay of a captured proof to hours, where the
+        // signer certificate alone would allow months.
+        let leeway = chrono::Duration::seconds(TIMESTAMP_LEEWAY_SECONDS);
+        let created_on = parse_timestamp("createdOn", &doc.time_stamp.created_on)?;
+        let expires_on = parse_timestamp("expiresOn", &doc.time_stamp.expires_on)?;
+        if now > expires_on + leeway {
+            return Err(AzureError::DocumentExpired { now, expires_on });
+        }
+        if now + leeway < created_on {
+            return Err(AzureError::DocumentNotYetValid { now, created_on });
         }
         Ok(Verified::__new_after_verification(Identity::Azure {
             instance_id: doc.vm_id,

@@ -389,3 +389,35 @@ fn look_alike_certificate_with_the_signers_issuer_and_serial_is_rejected() {
         ));
     }
 }
+
+#[test]
+fn replayed_document_past_its_expires_on_is_rejected() {
+    let pki = TestPki::new();
+    let old = TestPki::azure_document_at("vm-1", "sub-1", pki.now - Duration::hours(7));
+    let der = pki.azure_pkcs7_like_azure(old.as_bytes());
+    assert!(matches!(
+        verify_der(&pki, &der),
+        Err(AzureError::DocumentExpired { .. })
+    ));
+}
+
+#[test]
+fn document_from_the_future_is_rejected() {
+    let pki = TestPki::new();
+    let future = TestPki::azure_document_at("vm-1", "sub-1", pki.now + Duration::minutes(10));
+    let der = pki.azure_pkcs7_like_azure(future.as_bytes());
+    assert!(matches!(
+        verify_der(&pki, &der),
+        Err(AzureError::DocumentNotYetValid { .. })
+    ));
+}
+
+#[test]
+fn document_without_time_stamp_is_rejected() {
+    let pki = TestPki::new();
+    let der = pki.azure_pkcs7_like_azure(br#"{"vmId":"vm-1","subscriptionId":"sub-1"}"#);
+    assert!(matches!(
+        verify_der(&pki, &der),
+        Err(AzureError::MalformedDocument { .. })
+    ));
+}
