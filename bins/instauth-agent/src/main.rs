@@ -190,13 +190,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listener) = bind(&args.prometheus_address, "Prometheus metrics").await {
         tokio::spawn(ops::serve_metrics(listener, metrics));
     }
-    if let Some(listener) = bind(&args.debug_address, "debug").await {
+    if let Some(listener) = bind(&args.debug_address, "the debug endpoint").await {
         tokio::spawn(ops::serve_debug(listener, agent.status()));
     }
 
     tracing::info!(
         url = %args.agent_url,
-        auth = ?args.auth,
+        auth = args.auth.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
         agent.name = args.agent_name.as_deref().unwrap_or(""),
         "Starting the agent."
     );
