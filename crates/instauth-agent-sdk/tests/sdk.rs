@@ -433,3 +433,56 @@ async fn the_agent_retries_a_409_until_the_names_are_resolved() {
     tx.send(()).unwrap();
     run.await.unwrap();
 }
+
+#[tokio::test]
+async fn exchange_errors_keep_the_server_message_detail_and_names() {
+    let pki = TestPki::new();
+    let server = FakeServer::start().await;
+    let imds = FakeImds::aws(&pki, "i-1", "us-east-1", AwsImdsMode::Imdsv2Optional).await;
+    let session = aws_session(&server, &imds, Some("web"));
+    let set = |code, body: serde_json::Value, retry| {
+        server.config.lock().unwrap().exchange_error = Some((code, body, retry));
+    };
+
+    set(
+        404,
+        serde_json::json!({"message": "No agent found with instance ID \"i-1\" and name \"web\".", "agent_names": ["main", "dev"]}),
+        None,
+    );
+    let err = session.manifest().await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    assert_eq!(err.agent_names().unwrap(), ["dev", "main"]);
+
+    set(
+        401,
+        serde_json::json!({"message": "Invalid AWS identity.", "detail": "unsupported region \"xx-1\""}),
+        None,
+    );
+    let err = session.manifest().await.unwrap_err();
+    assert!(err.is_unauthorized());
+    let text = err.to_string();
+    assert!(
+        text.contains("Invalid AWS identity.") && text.contains("unsupported region"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/api/v2/workspaceagents/aws-instance-identity"),
+        "{text}"
+    );
+
+    set(
+        429,
+        serde_json::json!({"message": "Rate limit exceeded."}),
+        Some(7),
+    );
+    let err = session.manifest().await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    assert!(err.to_string().contains("HTTP 429"), "{err}");
+
+    // The agent never waits less than Retry-After.
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(40), 0.2);
+    assert_eq!(
+        backoff.next_delay(err.retry_after()),
+        Duration::from_secs(7)
+    );
+}

@@ -35,6 +35,8 @@ pub struct Config {
     pub valid: HashSet<String>,
     /// Delay in the exchange handler (to make concurrent refreshes overlap).
     pub exchange_delay: Duration,
+    /// Answer exchanges with this status, body and `Retry-After` (seconds).
+    pub exchange_error: Option<(u16, serde_json::Value, Option<u64>)>,
 }
 
 pub struct FakeServer {
@@ -90,6 +92,15 @@ async fn exchange(
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    let injected = s.config.lock().unwrap().exchange_error.clone();
+    if let Some((code, body, retry_after)) = injected {
+        let mut resp = error(StatusCode::from_u16(code).unwrap(), body);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return resp;
     }
     if let Some(names) = conflict {
         return error(
