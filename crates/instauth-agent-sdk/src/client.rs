@@ -61,36 +61,7 @@ pub fn normalize_agent_name(name: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A lifecycle state reported with each heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LifecycleState {
-    /// The agent is starting.
-    Starting,
-    /// The agent is up.
-    Ready,
-    /// The agent is stopping.
-    ShuttingDown,
-    /// The agent has stopped.
-    Off,
-}
-
-impl LifecycleState {
-    /// The wire value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LifecycleState::Starting => "starting",
-            LifecycleState::Ready => "ready",
-            LifecycleState::ShuttingDown => "shutting_down",
-            LifecycleState::Off => "off",
-        }
-    }
-}
-
-impl std::fmt::Display for LifecycleState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use instauth_types::LifecycleState;
 
 /// Parses a `key=value` header as given to `--agent-header`.
 pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue)> {

@@ -46,46 +46,7 @@ impl AgentAuth {
     }
 }
 
-/// An agent's reported lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LifecycleState {
-    /// Created, never reported.
-    Created,
-    /// Starting up.
-    Starting,
-    /// Ready to serve.
-    Ready,
-    /// Shutting down.
-    ShuttingDown,
-    /// Stopped.
-    Off,
-}
-
-impl LifecycleState {
-    /// The wire and database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LifecycleState::Created => "created",
-            LifecycleState::Starting => "starting",
-            LifecycleState::Ready => "ready",
-            LifecycleState::ShuttingDown => "shutting_down",
-            LifecycleState::Off => "off",
-        }
-    }
-
-    /// Parses the wire spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "created" => LifecycleState::Created,
-            "starting" => LifecycleState::Starting,
-            "ready" => LifecycleState::Ready,
-            "shutting_down" => LifecycleState::ShuttingDown,
-            "off" => LifecycleState::Off,
-            _ => return None,
-        })
-    }
-}
+pub use instauth_types::LifecycleState;
 
 /// One validation problem, named by its JSON field path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

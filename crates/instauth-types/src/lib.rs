@@ -101,6 +101,53 @@ pub struct Manifest {
     pub resource_type: String,
 }
 
+/// An agent's lifecycle state, as reported with heartbeats and listed by the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleState {
+    /// Never reported: the state of an agent before its first heartbeat. Agents do not send it.
+    Created,
+    /// Starting up.
+    Starting,
+    /// Ready to serve.
+    Ready,
+    /// Shutting down.
+    ShuttingDown,
+    /// Stopped.
+    Off,
+}
+
+impl LifecycleState {
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleState::Created => "created",
+            LifecycleState::Starting => "starting",
+            LifecycleState::Ready => "ready",
+            LifecycleState::ShuttingDown => "shutting_down",
+            LifecycleState::Off => "off",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => LifecycleState::Created,
+            "starting" => LifecycleState::Starting,
+            "ready" => LifecycleState::Ready,
+            "shutting_down" => LifecycleState::ShuttingDown,
+            "off" => LifecycleState::Off,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for LifecycleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `POST /api/v2/workspaceagents/me/heartbeat` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
