@@ -15,6 +15,7 @@ use instauth_store::testing::TestDb;
 use instauth_store::DatabaseConfig;
 use instauth_testkit::imds::{AwsImdsMode, FakeImds};
 use instauth_testkit::TestPki;
+use instauth_types::WorkspaceInfo;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -337,6 +338,39 @@ async fn scenario(db: TestDb) {
     server
         .wait_agents("aws-multi", "lifecycle_state", "ready")
         .await;
+
+    // A session deleted server-side: the agent gets 401, exchanges again and stays connected
+    // (its heartbeats keep landing after the revocation).
+    let az: WorkspaceInfo = serde_json::from_value(server.workspace("azure-one").await).unwrap();
+    let resp = server
+        .http
+        .delete(format!(
+            "{}/api/v2/workspaceagents/{}/sessions",
+            server.url, az.agents[0].id
+        ))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    azure_agent
+        .stderr
+        .wait_for(
+            "obtaining a new one",
+            "azure agent after its session was revoked",
+        )
+        .await;
+    let last_heartbeat = |ws: serde_json::Value| {
+        let ws: WorkspaceInfo = serde_json::from_value(ws).unwrap();
+        ws.agents[0].last_connected_at
+    };
+    let after_revoke = last_heartbeat(server.workspace("azure-one").await);
+    let start = Instant::now();
+    while last_heartbeat(server.workspace("azure-one").await) <= after_revoke {
+        assert!(start.elapsed() < WAIT, "no heartbeat after re-exchange");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.wait_agents("azure-one", "status", "connected").await;
 
     // A new build ends the old sessions: the agents get 401, exchange again, and connect as
     // the new build's agents.
