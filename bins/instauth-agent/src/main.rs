@@ -11,30 +11,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use instauth_agent_sdk::{
     header_command, ops, parse_header, Agent, AgentOptions, Client, ClientOptions, Credentials,
-    IdentitySource, MetadataClient, MetadataEndpoints, Metrics, Session,
+    MetadataClient, MetadataEndpoints, Metrics, Session,
 };
+use instauth_agent_sdk::{AgentAuth, GoogleIdentity};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// How the agent authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum AuthKind {
-    /// An agent token (--agent-token or --agent-token-file).
-    Token,
-    /// The AWS instance identity document from IMDS.
-    #[value(name = "aws-instance-identity")]
-    AwsInstanceIdentity,
-    /// The Azure attested document from IMDS.
-    #[value(name = "azure-instance-identity")]
-    AzureInstanceIdentity,
-    /// A Google identity token from the metadata server.
-    #[value(name = "google-instance-identity")]
-    GoogleInstanceIdentity,
+/// `--auth` values: the project's one spelling of the methods (SPEC §1).
+fn auth_parser() -> impl clap::builder::TypedValueParser<Value = AgentAuth> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(AgentAuth::NAMES).try_map(|s| s.parse::<AgentAuth>())
 }
 
 /// Starts the workspace agent.
@@ -48,8 +39,8 @@ enum AuthKind {
 #[command(name = "instauth-agent", version, max_term_width = 100)]
 struct Args {
     /// Specify the authentication type to use for the agent.
-    #[arg(long, env = "CODER_AGENT_AUTH", value_enum, default_value = "token")]
-    auth: AuthKind,
+    #[arg(long, env = "CODER_AGENT_AUTH", value_parser = auth_parser(), default_value = "token")]
+    auth: AgentAuth,
 
     /// The name of this agent, required when several agents run on one instance.
     #[arg(long, env = "CODER_AGENT_NAME")]
@@ -196,7 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     tracing::info!(
         url = %args.agent_url,
-        auth = args.auth.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
+        auth = %args.auth,
         agent.name = args.agent_name.as_deref().unwrap_or(""),
         "Starting the agent."
     );
@@ -206,28 +197,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn credentials(args: &Args) -> anyhow::Result<Credentials> {
-    let identity = |source| -> anyhow::Result<Credentials> {
-        Ok(Credentials::InstanceIdentity {
-            source,
-            metadata: MetadataClient::new(MetadataEndpoints::from_env())?,
-        })
-    };
-    match args.auth {
-        AuthKind::Token => match (&args.agent_token, &args.agent_token_file) {
+    let Some(provider) = args.auth.provider() else {
+        return match (&args.agent_token, &args.agent_token_file) {
             (Some(t), _) if !t.trim().is_empty() => Ok(Credentials::Token(t.clone())),
             (_, Some(path)) => Ok(Credentials::TokenFile(path.clone())),
             _ => bail!(
                 "--auth token needs --agent-token (CODER_AGENT_TOKEN) or --agent-token-file \
                  (CODER_AGENT_TOKEN_FILE)"
             ),
-        },
-        AuthKind::AwsInstanceIdentity => identity(IdentitySource::Aws),
-        AuthKind::AzureInstanceIdentity => identity(IdentitySource::Azure),
-        AuthKind::GoogleInstanceIdentity => identity(IdentitySource::Google {
+        };
+    };
+    Ok(Credentials::InstanceIdentity {
+        provider,
+        metadata: MetadataClient::new(MetadataEndpoints::from_env())?,
+        google: GoogleIdentity {
             service_account: args.google_service_account.clone(),
             audience: args.google_audience.clone(),
-        }),
-    }
+        },
+    })
 }
 
 /// Binds `addr`; a failure is logged, not fatal (several agents on one host share defaults).

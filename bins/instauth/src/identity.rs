@@ -9,17 +9,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use instauth_verify::{Clock, FixedClock, Identity, SystemClock, Verified};
+use instauth_types::{Proof, Provider};
+use instauth_verify::{Clock, FixedClock, SystemClock};
 
-/// Which cloud's proof the file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProviderArg {
-    /// `{"document", "signature", "pkcs7"?}` as POSTed to `.../aws-instance-identity`.
-    Aws,
-    /// `{"signature", "encoding"}` as POSTed to `.../azure-instance-identity`.
-    Azure,
-    /// `{"json_web_token"}` as POSTed to `.../google-instance-identity`.
-    Gcp,
+/// `--provider` values: the project's one spelling of the clouds.
+fn provider_parser() -> impl clap::builder::TypedValueParser<Value = Provider> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Provider::NAMES).try_map(|s| s.parse::<Provider>())
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -32,8 +28,8 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 #[derive(Debug, clap::Args)]
 pub struct IdentityVerifyArgs {
     /// The cloud that issued the proof.
-    #[arg(long, value_enum)]
-    pub provider: ProviderArg,
+    #[arg(long, value_parser = provider_parser())]
+    pub provider: Provider,
     /// The JSON request body an agent would POST; `-` reads standard input.
     pub file: PathBuf,
     /// Check validity (Azure certificate chain, GCP token times) at this RFC 3339 time instead
@@ -56,20 +52,6 @@ fn read_input(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-fn body<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    args: &IdentityVerifyArgs,
-) -> anyhow::Result<T> {
-    serde_json::from_slice(bytes).with_context(|| {
-        format!(
-            "{} is not a {:?} request body (JSON as an agent would POST it)",
-            args.file.display(),
-            args.provider
-        )
-        .to_lowercase()
-    })
-}
-
 /// Verifies the proof in `args.file`; prints the identity as JSON on stdout and returns
 /// success, or prints why verification failed on stderr and returns 1. Unreadable input or
 /// trust material is an `Err`.
@@ -80,21 +62,14 @@ pub async fn run(args: IdentityVerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let input = read_input(&args.file)?;
     let verifiers = args.trust.verifiers(clock)?;
-    let result: Result<Verified<Identity>, String> = match args.provider {
-        ProviderArg::Aws => verifiers
-            .aws
-            .verify(&body(&input, &args)?)
-            .map_err(|e| e.to_string()),
-        ProviderArg::Azure => verifiers
-            .azure
-            .verify(&body(&input, &args)?)
-            .map_err(|e| e.to_string()),
-        ProviderArg::Gcp => verifiers
-            .gcp
-            .verify(&body(&input, &args)?)
-            .await
-            .map_err(|e| e.to_string()),
-    };
+    let proof = Proof::from_json(args.provider, &input).with_context(|| {
+        format!(
+            "{} is not a {} request body (JSON as an agent would POST it)",
+            args.file.display(),
+            args.provider
+        )
+    })?;
+    let result = verifiers.verify(&proof).await;
     match result {
         Ok(identity) => {
             println!("{}", serde_json::to_string(&identity)?);

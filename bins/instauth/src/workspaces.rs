@@ -184,11 +184,11 @@ fn agent_rows(w: &WorkspaceInfo) -> Vec<Vec<String>> {
         rows.push(vec![
             a.name.clone(),
             a.resource_name.clone(),
-            a.auth.clone(),
+            a.auth.to_string(),
             a.instance_id.clone().unwrap_or_default(),
             a.parent.clone().unwrap_or_default(),
-            a.status.clone(),
-            a.lifecycle_state.clone(),
+            a.status.to_string(),
+            a.lifecycle_state.to_string(),
         ]);
     }
     rows

@@ -5,22 +5,23 @@ mod common;
 
 use common::{instauth, Server};
 use instauth_store::testing::TestDb;
-use instauth_store::{DatabaseConfig, NewAgent, NewBuild, NewResource, Store};
+use instauth_store::{validate_build, DatabaseConfig, Store, ValidBuild};
+use instauth_types::{AgentAuth, AgentSpec, BuildRequest, ResourceSpec};
 
-fn one_agent_build() -> NewBuild {
-    NewBuild {
-        resources: vec![NewResource {
+fn one_agent_build() -> ValidBuild {
+    let build = BuildRequest {
+        resources: vec![ResourceSpec {
             name: "vm".into(),
             resource_type: "aws_instance".into(),
-            agents: vec![NewAgent {
+            agents: vec![AgentSpec {
                 name: "main".into(),
-                auth: "aws-instance-identity".into(),
+                auth: AgentAuth::AwsInstanceIdentity.into(),
                 instance_id: Some("i-1".into()),
                 parent: None,
-                token_hash: None,
             }],
         }],
-    }
+    };
+    validate_build("ws", build).expect("valid build")
 }
 
 async fn get(url: &str) -> reqwest::StatusCode {
@@ -47,7 +48,7 @@ async fn default_sqlite_database_survives_a_restart() {
     })
     .await
     .unwrap();
-    store.create_build("ws", &one_agent_build()).await.unwrap();
+    store.create_build(&one_agent_build()).await.unwrap();
     drop(store);
     assert!(server.terminate().success(), "SIGTERM must exit 0");
 
@@ -84,7 +85,7 @@ async fn xdg_data_home_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_url_and_readiness_follow_the_database() {
     let home = tempfile::tempdir().unwrap();
-    let db = TestDb::postgres().await;
+    let db = TestDb::postgres_unmigrated().await;
     let DatabaseConfig::Postgres { url } = db.config.clone() else {
         unreachable!()
     };

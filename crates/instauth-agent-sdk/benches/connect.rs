@@ -10,8 +10,8 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use instauth_agent_sdk::{
-    Client, ClientOptions, Credentials, IdentitySource, LifecycleState, MetadataClient,
-    MetadataEndpoints, Session,
+    Client, ClientOptions, Credentials, GoogleIdentity, LifecycleState, MetadataClient,
+    MetadataEndpoints, Provider, Session,
 };
 use instauth_testkit::imds::{AwsImdsMode, FakeImds};
 use instauth_testkit::TestPki;
@@ -40,8 +40,9 @@ fn start_to_connected(c: &mut Criterion) {
                 let session = Session::new(
                     client,
                     Credentials::InstanceIdentity {
-                        source: IdentitySource::Aws,
+                        provider: Provider::Aws,
                         metadata: MetadataClient::new(endpoints.clone()).unwrap(),
+                        google: GoogleIdentity::default(),
                     },
                     Some("main"),
                 );

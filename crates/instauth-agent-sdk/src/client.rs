@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use instauth_types::{
-    AuthenticateResponse, AwsInstanceIdentityRequest, AzureInstanceIdentityRequest, ErrorResponse,
-    GoogleInstanceIdentityRequest, HeartbeatRequest, Manifest, SESSION_TOKEN_HEADER,
+    AuthenticateResponse, ErrorResponse, HeartbeatRequest, Manifest, Proof, Provider,
+    SESSION_TOKEN_HEADER,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -12,45 +12,12 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{truncate, Error, Result};
 
-/// An instance identity proof, ready to be exchanged for a session token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum InstanceProof {
-    /// AWS instance identity document with its signatures.
-    Aws(AwsInstanceIdentityRequest),
-    /// Azure attested document.
-    Azure(AzureInstanceIdentityRequest),
-    /// Google identity token.
-    Google(GoogleInstanceIdentityRequest),
-}
-
-impl InstanceProof {
-    /// The exchange path for this proof.
-    pub fn path(&self) -> &'static str {
-        match self {
-            InstanceProof::Aws(_) => "/api/v2/workspaceagents/aws-instance-identity",
-            InstanceProof::Azure(_) => "/api/v2/workspaceagents/azure-instance-identity",
-            InstanceProof::Google(_) => "/api/v2/workspaceagents/google-instance-identity",
-        }
-    }
-
-    /// `aws`, `azure` or `gcp`.
-    pub fn provider(&self) -> &'static str {
-        match self {
-            InstanceProof::Aws(_) => "aws",
-            InstanceProof::Azure(_) => "azure",
-            InstanceProof::Google(_) => "gcp",
-        }
-    }
-
-    /// Sets the requested agent name: trimmed, and omitted when empty.
-    pub fn set_agent_name(&mut self, name: Option<&str>) {
-        let name = normalize_agent_name(name);
-        match self {
-            InstanceProof::Aws(r) => r.agent_name = name,
-            InstanceProof::Azure(r) => r.agent_name = name,
-            InstanceProof::Google(r) => r.agent_name = name,
-        }
+/// The exchange path for a proof of `provider`.
+pub fn exchange_path(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Aws => "/api/v2/workspaceagents/aws-instance-identity",
+        Provider::Azure => "/api/v2/workspaceagents/azure-instance-identity",
+        Provider::Gcp => "/api/v2/workspaceagents/google-instance-identity",
     }
 }
 
@@ -176,12 +143,12 @@ impl Client {
     }
 
     /// Exchanges `proof` for a session token.
-    pub async fn exchange(&self, proof: &InstanceProof) -> Result<String> {
-        let endpoint = self.endpoint(proof.path());
+    pub async fn exchange(&self, proof: &Proof) -> Result<String> {
+        let endpoint = self.endpoint(exchange_path(proof.provider()));
         let req = match proof {
-            InstanceProof::Aws(b) => self.http.post(&endpoint).json(b),
-            InstanceProof::Azure(b) => self.http.post(&endpoint).json(b),
-            InstanceProof::Google(b) => self.http.post(&endpoint).json(b),
+            Proof::Aws(b) => self.http.post(&endpoint).json(b),
+            Proof::Azure(b) => self.http.post(&endpoint).json(b),
+            Proof::Gcp(b) => self.http.post(&endpoint).json(b),
         };
         let resp: AuthenticateResponse = json(send(req, &endpoint).await?, &endpoint).await?;
         if resp.session_token.is_empty() {
@@ -208,7 +175,7 @@ impl Client {
             .post(&endpoint)
             .header(SESSION_TOKEN_HEADER, token)
             .json(&HeartbeatRequest {
-                lifecycle_state: state.as_str().into(),
+                lifecycle_state: state.into(),
             });
         send(req, &endpoint).await.map(drop)
     }

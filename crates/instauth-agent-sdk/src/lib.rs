@@ -14,12 +14,13 @@
 //! # async fn run() -> Result<(), instauth_agent_sdk::Error> {
 //! use std::sync::Arc;
 //! use instauth_agent_sdk::{Agent, AgentOptions, Client, ClientOptions, Credentials,
-//!     IdentitySource, MetadataClient, MetadataEndpoints, Session};
+//!     GoogleIdentity, MetadataClient, MetadataEndpoints, Provider, Session};
 //!
 //! let client = Client::new("https://coder.example.com", ClientOptions::default())?;
 //! let credentials = Credentials::InstanceIdentity {
-//!     source: IdentitySource::Aws,
+//!     provider: Provider::Aws,
 //!     metadata: MetadataClient::new(MetadataEndpoints::from_env())?,
+//!     google: GoogleIdentity::default(),
 //! };
 //! let session = Arc::new(Session::new(client, credentials, Some("dev")));
 //! Agent::new(session, AgentOptions::default())
@@ -38,10 +39,11 @@ pub mod session;
 
 pub use agent::{Agent, AgentOptions, AgentStatus, Backoff};
 pub use client::{
-    header_command, normalize_agent_name, parse_header, Client, ClientOptions, InstanceProof,
+    exchange_path, header_command, normalize_agent_name, parse_header, Client, ClientOptions,
     LifecycleState,
 };
 pub use error::{Error, MetadataError, Result};
-pub use metadata::{MetadataClient, MetadataEndpoints};
+pub use instauth_types::{AgentAuth, Proof, Provider};
+pub use metadata::{GoogleIdentity, MetadataClient, MetadataEndpoints};
 pub use metrics::Metrics;
-pub use session::{Credentials, IdentitySource, Session, SessionToken};
+pub use session::{Credentials, Session, SessionToken};

@@ -4,12 +4,32 @@
 use std::time::Duration;
 
 use instauth_types::{
-    AwsInstanceIdentityRequest, AzureInstanceIdentityRequest, GoogleInstanceIdentityRequest,
+    AwsInstanceIdentityRequest, AzureInstanceIdentityRequest, GoogleInstanceIdentityRequest, Proof,
+    Provider,
 };
 use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::error::{truncate, MetadataError};
+
+/// Which Google identity token to request: `CODER_AGENT_GOOGLE_SERVICE_ACCOUNT` and
+/// `CODER_AGENT_GOOGLE_AUDIENCE` (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoogleIdentity {
+    /// The service account whose identity token is requested (usually `default`).
+    pub service_account: String,
+    /// The token's audience; must match the server's `--google-audience`.
+    pub audience: String,
+}
+
+impl Default for GoogleIdentity {
+    fn default() -> Self {
+        GoogleIdentity {
+            service_account: "default".into(),
+            audience: "coder".into(),
+        }
+    }
+}
 
 /// Default AWS IMDS endpoint.
 pub const DEFAULT_AWS_ENDPOINT: &str = "http://169.254.169.254";
@@ -213,6 +233,22 @@ impl MetadataClient {
             signature: attested.signature.trim().to_owned(),
             encoding: "pkcs7".into(),
             agent_name: None,
+        })
+    }
+
+    /// Reads this instance's proof for `provider` (`google` says which Google identity token).
+    pub async fn proof(
+        &self,
+        provider: Provider,
+        google: &GoogleIdentity,
+    ) -> Result<Proof, MetadataError> {
+        Ok(match provider {
+            Provider::Aws => Proof::Aws(self.aws_identity().await?),
+            Provider::Azure => Proof::Azure(self.azure_identity().await?),
+            Provider::Gcp => Proof::Gcp(
+                self.google_identity(&google.service_account, &google.audience)
+                    .await?,
+            ),
         })
     }
 

@@ -8,27 +8,12 @@ use std::sync::Arc;
 use instauth_types::Manifest;
 use tokio::sync::Mutex;
 
-use crate::client::{normalize_agent_name, Client, InstanceProof, LifecycleState};
-use crate::error::{Error, Result};
-use crate::metadata::MetadataClient;
-use crate::metrics::Metrics;
+use instauth_types::Provider;
 
-/// Which cloud's instance identity to prove.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IdentitySource {
-    /// AWS IMDS instance identity document (`aws-instance-identity`).
-    Aws,
-    /// Azure IMDS attested document (`azure-instance-identity`).
-    Azure,
-    /// GCP metadata identity token (`google-instance-identity`).
-    Google {
-        /// The service account whose identity token is requested (usually `default`).
-        service_account: String,
-        /// The token's audience; must match the server's `--google-audience`.
-        audience: String,
-    },
-}
+use crate::client::{normalize_agent_name, Client, LifecycleState};
+use crate::error::{Error, Result};
+use crate::metadata::{GoogleIdentity, MetadataClient};
+use crate::metrics::Metrics;
 
 /// Where the session token comes from.
 #[derive(Debug, Clone)]
@@ -41,9 +26,11 @@ pub enum Credentials {
     /// An instance identity proof read from the metadata service and exchanged.
     InstanceIdentity {
         /// Which cloud.
-        source: IdentitySource,
+        provider: Provider,
         /// The metadata service client.
         metadata: MetadataClient,
+        /// Which Google identity token to request (GCP only).
+        google: GoogleIdentity,
     },
 }
 
@@ -178,28 +165,23 @@ impl Session {
                 }
                 Ok(t.to_owned())
             }
-            Credentials::InstanceIdentity { source, metadata } => {
-                let mut proof = match source {
-                    IdentitySource::Aws => InstanceProof::Aws(metadata.aws_identity().await?),
-                    IdentitySource::Azure => InstanceProof::Azure(metadata.azure_identity().await?),
-                    IdentitySource::Google {
-                        service_account,
-                        audience,
-                    } => InstanceProof::Google(
-                        metadata.google_identity(service_account, audience).await?,
-                    ),
-                };
+            Credentials::InstanceIdentity {
+                provider,
+                metadata,
+                google,
+            } => {
+                let mut proof = metadata.proof(*provider, google).await?;
                 proof.set_agent_name(self.agent_name.as_deref());
                 let result = self.client.exchange(&proof).await;
                 self.metrics.count_exchange(&result);
                 match &result {
                     Ok(_) => tracing::info!(
-                        provider = proof.provider(),
+                        provider = %provider,
                         agent.name = self.agent_name.as_deref().unwrap_or(""),
                         "Exchanged the instance identity for a session token."
                     ),
                     Err(e) => {
-                        tracing::debug!(provider = proof.provider(), error = %e, "Exchange failed.")
+                        tracing::debug!(provider = %provider, error = %e, "Exchange failed.")
                     }
                 }
                 result

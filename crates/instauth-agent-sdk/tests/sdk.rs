@@ -11,7 +11,7 @@ use base64::Engine;
 use common::FakeServer;
 use instauth_agent_sdk::{
     header_command, Agent, AgentOptions, Backoff, Client, ClientOptions, Credentials, Error,
-    IdentitySource, MetadataClient, MetadataEndpoints, MetadataError, Session,
+    GoogleIdentity, MetadataClient, MetadataEndpoints, MetadataError, Provider, Session,
 };
 use instauth_testkit::imds::{AwsImdsMode, FakeImds};
 use instauth_testkit::TestPki;
@@ -33,8 +33,9 @@ fn aws_session(server: &FakeServer, imds: &FakeImds, name: Option<&str>) -> Sess
     Session::new(
         client,
         Credentials::InstanceIdentity {
-            source: IdentitySource::Aws,
+            provider: Provider::Aws,
             metadata: metadata(imds),
+            google: GoogleIdentity::default(),
         },
         name,
     )
@@ -172,24 +173,18 @@ async fn each_cloud_exchanges_at_its_endpoint_with_the_trimmed_name() {
     let azure = FakeImds::azure(&pki, "vm-1").await;
     let gcp = FakeImds::gcp("77").await;
     let cases = [
-        (IdentitySource::Aws, &aws, Some("  dev \t")),
-        (IdentitySource::Azure, &azure, Some("   ")),
-        (
-            IdentitySource::Google {
-                service_account: "default".into(),
-                audience: "coder".into(),
-            },
-            &gcp,
-            None,
-        ),
+        (Provider::Aws, &aws, Some("  dev \t")),
+        (Provider::Azure, &azure, Some("   ")),
+        (Provider::Gcp, &gcp, None),
     ];
-    for (source, imds, name) in cases {
+    for (provider, imds, name) in cases {
         let client = Client::new(&server.url, ClientOptions::default()).unwrap();
         let session = Session::new(
             client,
             Credentials::InstanceIdentity {
-                source,
+                provider,
                 metadata: metadata(imds),
+                google: GoogleIdentity::default(),
             },
             name,
         );
@@ -340,8 +335,9 @@ async fn header_command_headers_go_on_every_request() {
     let session = Session::new(
         client,
         Credentials::InstanceIdentity {
-            source: IdentitySource::Aws,
+            provider: Provider::Aws,
             metadata: metadata(&imds),
+            google: GoogleIdentity::default(),
         },
         None,
     );

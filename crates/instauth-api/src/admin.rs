@@ -7,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
-use instauth_store::{AgentAuth, NewAgent, NewBuild, NewResource, Workspace};
+use instauth_store::{validate_build, AgentAuth, StoreError, Workspace};
 use instauth_types::{
-    AgentStatus, AuditEntry, BuildRequest, BuildResponse, CreatedAgent, ResourceInfo,
-    ValidationError, WorkspaceInfo,
+    AgentStatus, AuditEntry, BuildRequest, BuildResponse, ConnectionStatus, CreatedAgent,
+    ResourceInfo, ValidationError, WorkspaceInfo,
 };
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -59,34 +59,20 @@ pub(crate) async fn create_build(
     Path(workspace): Path<String>,
     JsonBody(body): JsonBody<BuildRequest>,
 ) -> Result<Response, ApiError> {
-    let mut tokens = Vec::new();
-    let build = NewBuild {
-        resources: body
-            .resources
-            .into_iter()
-            .map(|r| NewResource {
-                name: r.name,
-                resource_type: r.resource_type,
-                agents: r
-                    .agents
-                    .into_iter()
-                    .map(|a| {
-                        let token = (a.auth == AgentAuth::Token.as_str()).then(new_agent_token);
-                        let hash = token.as_deref().map(|t| token_hash(t).to_vec());
-                        tokens.push(token);
-                        NewAgent {
-                            name: a.name,
-                            auth: a.auth,
-                            instance_id: a.instance_id,
-                            parent: a.parent,
-                            token_hash: hash,
-                        }
-                    })
-                    .collect(),
+    let mut build = validate_build(&workspace, body).map_err(StoreError::Validation)?;
+    // Static agent tokens are shown once, in this response; the store keeps their hashes.
+    let tokens: Vec<Option<String>> = build
+        .agents_mut()
+        .iter_mut()
+        .map(|a| {
+            (a.auth() == AgentAuth::Token).then(|| {
+                let token = new_agent_token();
+                a.set_token_hash(token_hash(&token).to_vec());
+                token
             })
-            .collect(),
-    };
-    let created = state.inner.store.create_build(&workspace, &build).await?;
+        })
+        .collect();
+    let created = state.inner.store.create_build(&build).await?;
     let agents = created
         .agents
         .into_iter()
@@ -134,16 +120,15 @@ fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
                 id: a.id,
                 name: a.name,
                 resource_name: a.resource_name,
-                auth: a.auth.as_str().into(),
+                auth: a.auth,
                 instance_id: a.instance_id,
                 parent: a.parent,
                 status: match a.last_connected_at {
-                    None => "connecting",
-                    Some(t) if t > fresh_after => "connected",
-                    Some(_) => "disconnected",
-                }
-                .into(),
-                lifecycle_state: a.lifecycle_state.as_str().into(),
+                    None => ConnectionStatus::Connecting,
+                    Some(t) if t > fresh_after => ConnectionStatus::Connected,
+                    Some(_) => ConnectionStatus::Disconnected,
+                },
+                lifecycle_state: a.lifecycle_state,
                 first_connected_at: utc(a.first_connected_at),
                 last_connected_at: utc(a.last_connected_at),
             })

@@ -69,7 +69,7 @@ pub(crate) async fn heartbeat(
     AuthedAgent(a): AuthedAgent,
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
-    let lifecycle = match LifecycleState::parse(&body.lifecycle_state) {
+    let lifecycle = match body.lifecycle_state.known() {
         Some(LifecycleState::Created) | None => {
             return Err(ApiError::Validation(vec![ValidationError {
                 field: "lifecycle_state".into(),

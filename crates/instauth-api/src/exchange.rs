@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use instauth_policy::{decide, requested_name, Decision, Named};
-use instauth_store::{AgentAuth, Candidate, NewAuditRecord};
+use instauth_store::{Candidate, NewAuditRecord};
 use instauth_types::{
     AuthenticateResponse, AwsInstanceIdentityRequest, AzureInstanceIdentityRequest,
-    GoogleInstanceIdentityRequest, ValidationError,
+    GoogleInstanceIdentityRequest, Provider, ValidationError,
 };
 use instauth_verify::{Identity, Verified};
 
@@ -36,31 +36,6 @@ impl Named for Named_ {
         &self.0.agent_name
     }
 }
-
-#[derive(Clone, Copy)]
-struct Provider {
-    /// For metrics and audit.
-    key: &'static str,
-    /// For messages.
-    label: &'static str,
-    auth: AgentAuth,
-}
-
-const AWS: Provider = Provider {
-    key: "aws",
-    label: "AWS",
-    auth: AgentAuth::AwsInstanceIdentity,
-};
-const AZURE: Provider = Provider {
-    key: "azure",
-    label: "Azure",
-    auth: AgentAuth::AzureInstanceIdentity,
-};
-const GCP: Provider = Provider {
-    key: "gcp",
-    label: "GCP",
-    auth: AgentAuth::GoogleInstanceIdentity,
-};
 
 fn check(out: &mut Vec<ValidationError>, field: &str, ok: bool, detail: &str) {
     if !ok {
@@ -174,7 +149,7 @@ async fn exchange<R>(
     let remote = remote.0;
     let mut audit = NewAuditRecord {
         time: instauth_store::now(),
-        provider: provider.key.into(),
+        provider,
         instance_id: String::new(),
         agent_name: String::new(),
         outcome: String::new(),
@@ -197,7 +172,7 @@ async fn exchange<R>(
         let identity = verify(&req)
             .await
             .map_err(|detail| ApiError::InvalidProof {
-                provider: provider.label,
+                provider: provider.label(),
                 detail,
             })?
             .into_inner();
@@ -206,7 +181,7 @@ async fn exchange<R>(
         let candidates = state
             .inner
             .store
-            .candidates(provider.auth, &instance_id)
+            .candidates(provider.auth(), &instance_id)
             .await?;
         match decide(requested, candidates.into_iter().map(Named_).collect()) {
             Decision::Select(c) => Ok(c.0),
@@ -225,11 +200,14 @@ async fn exchange<R>(
         Err(e) => e.outcome(),
     };
     let took = started.elapsed();
-    state.inner.metrics.exchange(provider.key, outcome, took);
+    state
+        .inner
+        .metrics
+        .exchange(provider.as_str(), outcome, took);
     audit.outcome = outcome.into();
     audit.agent_id = result.as_ref().ok().map(|c| c.agent_id);
     tracing::info!(
-        provider = provider.key,
+        provider = provider.as_str(),
         instance_id = %audit.instance_id,
         agent.name = %audit.agent_name,
         outcome,
@@ -264,7 +242,7 @@ pub(crate) async fn aws(
     let verifier = &state.inner.verifiers.aws;
     exchange(
         &state,
-        AWS,
+        Provider::Aws,
         remote,
         body,
         validate_aws,
@@ -283,7 +261,7 @@ pub(crate) async fn azure(
     let verifier = &state.inner.verifiers.azure;
     exchange(
         &state,
-        AZURE,
+        Provider::Azure,
         remote,
         body,
         validate_azure,
@@ -302,7 +280,7 @@ pub(crate) async fn google(
     let verifier = &state.inner.verifiers.gcp;
     exchange(
         &state,
-        GCP,
+        Provider::Gcp,
         remote,
         body,
         validate_gcp,

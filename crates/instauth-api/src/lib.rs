@@ -14,6 +14,7 @@ pub mod metrics;
 mod ops;
 pub mod ratelimit;
 pub mod session;
+pub mod verifiers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +23,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use instauth_store::{Store, StoreError};
-use instauth_verify_aws::AwsVerifier;
-use instauth_verify_azure::AzureVerifier;
-use instauth_verify_gcp::GcpVerifier;
 
 pub use audit::{AuditSink, AuditWriter};
 pub use error::ApiError;
+pub use verifiers::{Verifiers, VerifyError};
 
 /// Largest exchange request body (SPEC.md §2).
 pub const EXCHANGE_BODY_LIMIT: usize = 64 * 1024;
@@ -35,17 +34,6 @@ pub const EXCHANGE_BODY_LIMIT: usize = 64 * 1024;
 pub const ADMIN_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Largest agent API request body.
 pub const AGENT_BODY_LIMIT: usize = 16 * 1024;
-
-/// The verifiers of the three clouds, built from the trust flags.
-#[derive(Debug)]
-pub struct Verifiers {
-    /// AWS instance identity.
-    pub aws: AwsVerifier,
-    /// Azure attested data.
-    pub azure: AzureVerifier,
-    /// Google identity JWT.
-    pub gcp: GcpVerifier,
-}
 
 /// Server settings the handlers need.
 #[derive(Debug, Clone)]

@@ -19,13 +19,8 @@ pub enum StoreError {
     #[error("migration failed: {0}")]
     Migration(String),
     /// A stored value could not be read back (for example a malformed id).
-    #[error("corrupt stored value in {column}: {value:?}")]
-    Corrupt {
-        /// The column holding the value.
-        column: &'static str,
-        /// The offending value.
-        value: String,
-    },
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
 }
 
 impl StoreError {
@@ -49,6 +44,7 @@ impl From<diesel::result::Error> for StoreError {
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 StoreError::Unavailable(info.message().to_owned())
             }
+            Error::DeserializationError(e) => StoreError::Corrupt(e.to_string()),
             other => StoreError::Database(other),
         }
     }

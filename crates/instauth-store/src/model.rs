@@ -1,52 +1,13 @@
-//! Public data types of the store API.
+//! Public data types of the store API. Rows are read straight into these structs: ids and
+//! vocabulary values go through `crate::text`, so no caller parses a stored string.
 
 use chrono::NaiveDateTime;
+use diesel::Queryable;
+use instauth_types::{AgentAuth, LifecycleState, Provider};
 use serde::Serialize;
 use uuid::Uuid;
 
-/// How an agent authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AgentAuth {
-    /// A static agent token issued when the build is created.
-    Token,
-    /// AWS instance identity document.
-    AwsInstanceIdentity,
-    /// Azure attested data.
-    AzureInstanceIdentity,
-    /// Google instance identity JWT.
-    GoogleInstanceIdentity,
-}
-
-impl AgentAuth {
-    /// The wire and database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentAuth::Token => "token",
-            AgentAuth::AwsInstanceIdentity => "aws-instance-identity",
-            AgentAuth::AzureInstanceIdentity => "azure-instance-identity",
-            AgentAuth::GoogleInstanceIdentity => "google-instance-identity",
-        }
-    }
-
-    /// Parses the wire spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "token" => AgentAuth::Token,
-            "aws-instance-identity" => AgentAuth::AwsInstanceIdentity,
-            "azure-instance-identity" => AgentAuth::AzureInstanceIdentity,
-            "google-instance-identity" => AgentAuth::GoogleInstanceIdentity,
-            _ => return None,
-        })
-    }
-
-    /// True for the three cloud instance identity methods.
-    pub fn is_instance_identity(self) -> bool {
-        !matches!(self, AgentAuth::Token)
-    }
-}
-
-pub use instauth_types::LifecycleState;
+use crate::text::{MaybeTextual, Textual};
 
 /// One validation problem, named by its JSON field path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,39 +16,6 @@ pub struct FieldError {
     pub field: String,
     /// What is wrong.
     pub detail: String,
-}
-
-/// A build to create.
-#[derive(Debug, Clone, Default)]
-pub struct NewBuild {
-    /// The build's resources with their agents.
-    pub resources: Vec<NewResource>,
-}
-
-/// A resource of a new build.
-#[derive(Debug, Clone, Default)]
-pub struct NewResource {
-    /// Resource name, e.g. `dev`.
-    pub name: String,
-    /// Resource type, e.g. `aws_instance`.
-    pub resource_type: String,
-    /// Agents running on this resource.
-    pub agents: Vec<NewAgent>,
-}
-
-/// An agent of a new build.
-#[derive(Debug, Clone)]
-pub struct NewAgent {
-    /// Unique within the build.
-    pub name: String,
-    /// Authentication method (wire spelling, validated by the store).
-    pub auth: String,
-    /// The cloud instance ID, required for instance identity auth.
-    pub instance_id: Option<String>,
-    /// Name of the parent agent in the same build (makes this a sub-agent).
-    pub parent: Option<String>,
-    /// Hash of the static agent token, for `token` agents. Never the token itself.
-    pub token_hash: Option<Vec<u8>>,
 }
 
 /// The result of creating a build.
@@ -113,17 +41,20 @@ pub struct CreatedAgent {
 }
 
 /// A root agent that may authenticate with an instance ID: the row the exchange decides on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct Candidate {
     /// Agent id.
+    #[diesel(deserialize_as = Textual<Uuid>)]
     pub agent_id: Uuid,
     /// Agent name.
     pub agent_name: String,
     /// The agent's authentication method.
+    #[diesel(deserialize_as = Textual<AgentAuth>)]
     pub auth: AgentAuth,
     /// The resource the agent runs on.
     pub resource_name: String,
     /// The workspace's id.
+    #[diesel(deserialize_as = Textual<Uuid>)]
     pub workspace_id: Uuid,
     /// The workspace's name.
     pub workspace_name: String,
@@ -132,13 +63,15 @@ pub struct Candidate {
 }
 
 /// Everything the agent API needs to know about an authenticated agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct AgentContext {
     /// Agent id.
+    #[diesel(deserialize_as = Textual<Uuid>)]
     pub agent_id: Uuid,
     /// Agent name.
     pub agent_name: String,
     /// Workspace id.
+    #[diesel(deserialize_as = Textual<Uuid>)]
     pub workspace_id: Uuid,
     /// Workspace name.
     pub workspace_name: String,
@@ -199,12 +132,13 @@ pub struct Workspace {
 }
 
 /// An audit record to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct NewAuditRecord {
     /// When the attempt happened (UTC).
     pub time: NaiveDateTime,
-    /// `aws`, `azure` or `gcp`.
-    pub provider: String,
+    /// The cloud whose endpoint was called.
+    #[diesel(deserialize_as = Textual<Provider>)]
+    pub provider: Provider,
     /// The instance ID claimed or verified (may be empty when the proof did not parse).
     pub instance_id: String,
     /// The requested agent name (trimmed; may be empty).
@@ -212,13 +146,14 @@ pub struct NewAuditRecord {
     /// `ok`, `bad_request`, `unauthorized`, `not_found`, `conflict`, ...
     pub outcome: String,
     /// The selected agent, on success.
+    #[diesel(deserialize_as = MaybeTextual<Uuid>)]
     pub agent_id: Option<Uuid>,
     /// The client's address.
     pub remote_addr: String,
 }
 
 /// A stored audit record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct AuditRecord {
     /// Monotonic id.
     pub id: i64,

@@ -60,15 +60,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    agent_sessions (token_hash) {
-        token_hash -> Binary,
-        agent_id -> Text,
-        created_at -> Timestamp,
-        expires_at -> Timestamp,
-    }
-}
-
-diesel::table! {
     audit_log (id) {
         id -> BigInt,
         time -> Timestamp,
@@ -86,7 +77,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     workspace_builds,
     workspace_resources,
     workspace_agents,
-    agent_sessions,
     audit_log,
     server_keys,
 );

@@ -2,7 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::{AgentAuth, FieldError, NewBuild};
+use instauth_types::{AgentAuth, BuildRequest};
+
+use crate::model::FieldError;
 
 /// Longest accepted instance ID; real ones are far shorter (AWS 19, Azure 36, GCP 20 bytes).
 pub const MAX_INSTANCE_ID_LEN: usize = 128;
@@ -43,8 +45,73 @@ fn problem(out: &mut Vec<FieldError>, field: String, detail: impl Into<String>) 
     });
 }
 
+/// A build that passed [`validate_build`]: the only way to make one, and the only input
+/// [`crate::Store::create_build`] takes, so the store never meets an unknown auth method, a
+/// dangling parent or a cycle.
+#[derive(Debug, Clone)]
+pub struct ValidBuild {
+    workspace: String,
+    pub(crate) resources: Vec<ValidResource>,
+    /// In request order.
+    pub(crate) agents: Vec<ValidAgent>,
+    /// Indexes into `agents`, parents before their sub-agents.
+    pub(crate) insert_order: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ValidResource {
+    pub(crate) name: String,
+    pub(crate) resource_type: String,
+}
+
+/// An agent of a [`ValidBuild`].
+#[derive(Debug, Clone)]
+pub struct ValidAgent {
+    pub(crate) resource: usize,
+    pub(crate) name: String,
+    pub(crate) auth: AgentAuth,
+    pub(crate) instance_id: Option<String>,
+    /// Index of the parent in the build's agents.
+    pub(crate) parent: Option<usize>,
+    pub(crate) token_hash: Option<Vec<u8>>,
+}
+
+impl ValidAgent {
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its authentication method.
+    pub fn auth(&self) -> AgentAuth {
+        self.auth
+    }
+
+    /// Sets the hash of its static agent token (never the token).
+    pub fn set_token_hash(&mut self, hash: Vec<u8>) {
+        self.token_hash = Some(hash);
+    }
+}
+
+impl ValidBuild {
+    /// The workspace the build is for.
+    pub fn workspace(&self) -> &str {
+        &self.workspace
+    }
+
+    /// The agents, in request order.
+    pub fn agents(&self) -> &[ValidAgent] {
+        &self.agents
+    }
+
+    /// The agents, in request order, to attach token hashes.
+    pub fn agents_mut(&mut self) -> &mut [ValidAgent] {
+        &mut self.agents
+    }
+}
+
 /// Checks a workspace name and a build; returns every problem found, not just the first.
-pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<FieldError>> {
+pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild, Vec<FieldError>> {
     let mut out = Vec::new();
     if !is_valid_workspace_name(workspace) {
         problem(
@@ -73,9 +140,12 @@ pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<Field
     }
 
     let mut resource_names = HashSet::new();
-    // agent name -> (field path, parent name)
-    let mut agents: HashMap<&str, (String, Option<&str>)> = HashMap::new();
-    for (ri, r) in build.resources.iter().enumerate() {
+    let mut resources = Vec::with_capacity(build.resources.len());
+    let mut agents: Vec<ValidAgent> = Vec::with_capacity(total_agents);
+    // Per agent, in request order: its field path and its parent's name.
+    let mut fields: Vec<(String, Option<String>)> = Vec::with_capacity(total_agents);
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (ri, r) in build.resources.into_iter().enumerate() {
         let rf = format!("resources[{ri}]");
         if r.name.is_empty() || r.name.len() > MAX_RESOURCE_FIELD_LEN {
             problem(
@@ -83,7 +153,7 @@ pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<Field
                 format!("{rf}.name"),
                 format!("must be 1 to {MAX_RESOURCE_FIELD_LEN} bytes"),
             );
-        } else if !resource_names.insert(r.name.as_str()) {
+        } else if !resource_names.insert(r.name.clone()) {
             problem(
                 &mut out,
                 format!("{rf}.name"),
@@ -97,7 +167,7 @@ pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<Field
                 format!("must be 1 to {MAX_RESOURCE_FIELD_LEN} bytes"),
             );
         }
-        for (ai, a) in r.agents.iter().enumerate() {
+        for (ai, a) in r.agents.into_iter().enumerate() {
             let af = format!("{rf}.agents[{ai}]");
             if !is_valid_agent_name(&a.name) {
                 problem(
@@ -105,53 +175,68 @@ pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<Field
                     format!("{af}.name"),
                     "must match [a-zA-Z0-9_-]{1,64}",
                 );
-            } else if agents
-                .insert(&a.name, (af.clone(), a.parent.as_deref()))
-                .is_some()
-            {
+            } else if by_name.insert(a.name.clone(), agents.len()).is_some() {
                 problem(
                     &mut out,
                     format!("{af}.name"),
                     format!("duplicate agent name {:?}", a.name),
                 );
             }
-            match AgentAuth::parse(&a.auth) {
-                None => problem(
-                    &mut out,
-                    format!("{af}.auth"),
-                    "must be one of token, aws-instance-identity, azure-instance-identity, google-instance-identity",
-                ),
-                Some(auth) if auth.is_instance_identity() => match a.instance_id.as_deref() {
-                    None | Some("") => problem(
+            let instance_id = a.instance_id.filter(|s| !s.is_empty());
+            let auth = match a.auth.known() {
+                None => {
+                    problem(
                         &mut out,
-                        format!("{af}.instance_id"),
-                        format!("required for auth {}", auth.as_str()),
-                    ),
-                    Some(id) if id.len() > MAX_INSTANCE_ID_LEN || id.trim() != id => problem(
-                        &mut out,
-                        format!("{af}.instance_id"),
-                        format!("must be 1 to {MAX_INSTANCE_ID_LEN} bytes without surrounding white space"),
-                    ),
-                    // Sub-agents may carry their parent's instance ID; the candidate query
-                    // excludes them, so they can never authenticate with it.
-                    Some(_) => {}
-                },
-                Some(_) => {
-                    if a.instance_id.as_deref().is_some_and(|s| !s.is_empty()) {
-                        problem(
-                            &mut out,
-                            format!("{af}.instance_id"),
-                            "only allowed with instance identity auth",
-                        );
-                    }
+                        format!("{af}.auth"),
+                        format!("must be one of {}", AgentAuth::NAMES.join(", ")),
+                    );
+                    AgentAuth::Token
                 }
+                Some(auth) => auth,
+            };
+            match (auth.is_instance_identity(), instance_id.as_deref()) {
+                (true, None) if a.auth.known().is_some() => problem(
+                    &mut out,
+                    format!("{af}.instance_id"),
+                    format!("required for auth {auth}"),
+                ),
+                (true, Some(id)) if id.len() > MAX_INSTANCE_ID_LEN || id.trim() != id => problem(
+                    &mut out,
+                    format!("{af}.instance_id"),
+                    format!(
+                        "must be 1 to {MAX_INSTANCE_ID_LEN} bytes without surrounding white space"
+                    ),
+                ),
+                // Sub-agents may carry their parent's instance ID; the candidate query
+                // excludes them, so they can never authenticate with it.
+                (false, Some(_)) if a.auth.known().is_some() => problem(
+                    &mut out,
+                    format!("{af}.instance_id"),
+                    "only allowed with instance identity auth",
+                ),
+                _ => {}
             }
+            fields.push((af, a.parent));
+            agents.push(ValidAgent {
+                resource: ri,
+                name: a.name,
+                auth,
+                instance_id,
+                parent: None,
+                token_hash: None,
+            });
         }
+        resources.push(ValidResource {
+            name: r.name,
+            resource_type: r.resource_type,
+        });
     }
     // Parents: must exist in the build, and following parents must end at a root agent.
-    for (name, (field, parent)) in &agents {
-        let Some(first) = parent else { continue };
-        if first == name {
+    for (i, (field, parent)) in fields.iter().enumerate() {
+        let Some(first) = parent.as_deref() else {
+            continue;
+        };
+        if first == agents[i].name {
             problem(
                 &mut out,
                 format!("{field}.parent"),
@@ -159,10 +244,10 @@ pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<Field
             );
             continue;
         }
-        let mut seen = HashSet::from([*name]);
-        let mut cur = *first;
+        let mut seen = HashSet::from([i]);
+        let mut cur = first;
         loop {
-            match agents.get(cur) {
+            match by_name.get(cur) {
                 None => {
                     problem(
                         &mut out,
@@ -171,9 +256,8 @@ pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<Field
                     );
                     break;
                 }
-                Some((_, None)) => break,
-                Some((_, Some(next))) => {
-                    if !seen.insert(cur) {
+                Some(&j) => {
+                    if !seen.insert(j) {
                         problem(
                             &mut out,
                             format!("{field}.parent"),
@@ -181,31 +265,72 @@ pub fn validate_build(workspace: &str, build: &NewBuild) -> Result<(), Vec<Field
                         );
                         break;
                     }
-                    cur = next;
+                    match fields[j].1.as_deref() {
+                        None => break,
+                        Some(next) => cur = next,
+                    }
                 }
             }
         }
     }
-    out.sort_by(|a, b| a.field.cmp(&b.field));
-    if out.is_empty() {
-        Ok(())
-    } else {
-        Err(out)
+    if !out.is_empty() {
+        out.sort_by(|a, b| a.field.cmp(&b.field));
+        return Err(out);
     }
+    // Every chain ends at a root (checked above), so parents resolve and a depth-first order
+    // puts each parent before its sub-agents.
+    for (i, (_, parent)) in fields.iter().enumerate() {
+        agents[i].parent = parent.as_deref().and_then(|p| by_name.get(p).copied());
+    }
+    let insert_order = parents_first(&agents);
+    Ok(ValidBuild {
+        workspace: workspace.to_owned(),
+        resources,
+        agents,
+        insert_order,
+    })
+}
+
+/// Agent indexes ordered so that every parent comes before its sub-agents (the parent chains are
+/// known to be acyclic).
+fn parents_first(agents: &[ValidAgent]) -> Vec<usize> {
+    let mut depth = vec![0usize; agents.len()];
+    for (i, d) in depth.iter_mut().enumerate() {
+        let mut cur = agents[i].parent;
+        while let Some(p) = cur {
+            *d += 1;
+            cur = agents[p].parent;
+        }
+    }
+    let mut order: Vec<usize> = (0..agents.len()).collect();
+    order.sort_by_key(|&i| depth[i]);
+    order
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NewAgent, NewResource};
+    use instauth_types::{AgentSpec, ResourceSpec, Wire};
 
-    fn agent(name: &str, auth: &str, iid: Option<&str>, parent: Option<&str>) -> NewAgent {
-        NewAgent {
+    fn agent(name: &str, auth: &str, iid: Option<&str>, parent: Option<&str>) -> AgentSpec {
+        AgentSpec {
             name: name.into(),
-            auth: auth.into(),
+            auth: match auth.parse::<AgentAuth>() {
+                Ok(a) => Wire::Known(a),
+                Err(_) => Wire::Unknown(auth.into()),
+            },
             instance_id: iid.map(Into::into),
             parent: parent.map(Into::into),
-            token_hash: None,
+        }
+    }
+
+    fn build(agents: Vec<AgentSpec>) -> BuildRequest {
+        BuildRequest {
+            resources: vec![ResourceSpec {
+                name: "vm".into(),
+                resource_type: "aws_instance".into(),
+                agents,
+            }],
         }
     }
 
@@ -224,44 +349,48 @@ mod tests {
 
     #[test]
     fn reports_every_problem() {
-        let build = NewBuild {
-            resources: vec![NewResource {
-                name: "vm".into(),
-                resource_type: "aws_instance".into(),
-                agents: vec![
-                    agent("main", "aws-instance-identity", Some("i-1"), None),
-                    agent("main", "token", None, None),
-                    agent("dev", "aws-instance-identity", None, None),
-                    agent("sub", "token", None, Some("ghost")),
-                    agent("bad name", "nope", None, None),
-                    agent("loop1", "token", None, Some("loop2")),
-                    agent("loop2", "token", None, Some("loop1")),
-                ],
-            }],
-        };
-        let errs = validate_build("ws", &build).unwrap_err();
+        let b = build(vec![
+            agent("main", "aws-instance-identity", Some("i-1"), None),
+            agent("main", "token", None, None),
+            agent("dev", "aws-instance-identity", None, None),
+            agent("sub", "token", None, Some("ghost")),
+            agent("bad name", "nope", None, None),
+            agent("loop1", "token", None, Some("loop2")),
+            agent("loop2", "token", None, Some("loop1")),
+            agent("tok", "token", Some("i-9"), None),
+        ]);
+        let errs = validate_build("ws", b).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert!(fields.contains(&"resources[0].agents[1].name"), "{errs:?}");
-        assert!(fields.contains(&"resources[0].agents[2].instance_id"));
-        assert!(fields.contains(&"resources[0].agents[3].parent"));
-        assert!(fields.contains(&"resources[0].agents[4].name"));
-        assert!(fields.contains(&"resources[0].agents[4].auth"));
-        assert!(fields.contains(&"resources[0].agents[5].parent"));
+        assert_eq!(
+            fields,
+            [
+                "resources[0].agents[1].name",
+                "resources[0].agents[2].instance_id",
+                "resources[0].agents[3].parent",
+                "resources[0].agents[4].auth",
+                "resources[0].agents[4].name",
+                "resources[0].agents[5].parent",
+                "resources[0].agents[6].parent",
+                "resources[0].agents[7].instance_id",
+            ],
+            "{errs:?}"
+        );
     }
 
     #[test]
-    fn accepts_sub_agents_and_shared_instances() {
-        let build = NewBuild {
-            resources: vec![NewResource {
-                name: "vm".into(),
-                resource_type: "aws_instance".into(),
-                agents: vec![
-                    agent("main", "aws-instance-identity", Some("i-1"), None),
-                    agent("dev", "aws-instance-identity", Some("i-1"), None),
-                    agent("child", "token", None, Some("main")),
-                ],
-            }],
-        };
-        assert_eq!(validate_build("ws", &build), Ok(()));
+    fn orders_parents_before_sub_agents() {
+        let b = build(vec![
+            agent("grandchild", "token", None, Some("child")),
+            agent("child", "token", None, Some("main")),
+            agent("main", "aws-instance-identity", Some("i-1"), None),
+            agent("dev", "aws-instance-identity", Some("i-1"), None),
+        ]);
+        let v = validate_build("ws", b).unwrap();
+        let order: Vec<&str> = v.insert_order.iter().map(|&i| v.agents[i].name()).collect();
+        assert_eq!(order, ["main", "dev", "child", "grandchild"]);
+        assert_eq!(v.agents[0].parent, Some(1));
+        assert_eq!(v.agents[1].parent, Some(2));
+        assert_eq!(v.agents[2].parent, None);
+        assert_eq!(v.workspace(), "ws");
     }
 }

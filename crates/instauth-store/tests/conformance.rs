@@ -3,42 +3,50 @@
 
 use chrono::Duration;
 use instauth_store::{
-    backend_test, now, AgentAuth, LifecycleState, NewAgent, NewAuditRecord, NewBuild, NewResource,
-    Store, StoreError,
+    backend_test, now, validate_build, AgentAuth, CreatedBuild, LifecycleState, NewAuditRecord,
+    Provider, Store, StoreError,
 };
+use instauth_types::{AgentSpec, BuildRequest, ResourceSpec, Wire};
 
 const AWS: AgentAuth = AgentAuth::AwsInstanceIdentity;
 
-fn agent(name: &str, iid: Option<&str>) -> NewAgent {
-    NewAgent {
+fn agent(name: &str, iid: Option<&str>) -> AgentSpec {
+    AgentSpec {
         name: name.into(),
-        auth: if iid.is_some() {
-            "aws-instance-identity"
-        } else {
-            "token"
-        }
-        .into(),
+        auth: Wire::Known(if iid.is_some() { AWS } else { AgentAuth::Token }),
         instance_id: iid.map(Into::into),
         parent: None,
-        token_hash: None,
     }
 }
 
-fn sub_agent(name: &str, iid: &str, parent: &str) -> NewAgent {
-    NewAgent {
+fn sub_agent(name: &str, iid: &str, parent: &str) -> AgentSpec {
+    AgentSpec {
         parent: Some(parent.into()),
         ..agent(name, Some(iid))
     }
 }
 
-fn build(agents: Vec<NewAgent>) -> NewBuild {
-    NewBuild {
-        resources: vec![NewResource {
+fn build(agents: Vec<AgentSpec>) -> BuildRequest {
+    BuildRequest {
+        resources: vec![ResourceSpec {
             name: "vm".into(),
             resource_type: "aws_instance".into(),
             agents,
         }],
     }
+}
+
+/// Validates and creates a build, as the admin API does.
+async fn create(store: &Store, ws: &str, b: &BuildRequest) -> Result<CreatedBuild, StoreError> {
+    let valid = validate_build(ws, b.clone()).map_err(StoreError::Validation)?;
+    store.create_build(&valid).await
+}
+
+/// The candidates of one name, as the policy narrows them.
+async fn candidates_named(store: &Store, iid: &str, name: &str) -> Vec<instauth_store::Candidate> {
+    let mut c = store.candidates(AWS, iid).await.unwrap();
+    c.retain(|c| c.agent_name == name);
+    c
 }
 
 async fn names(store: &Store, iid: &str) -> Vec<String> {
@@ -53,7 +61,7 @@ async fn names(store: &Store, iid: &str) -> Vec<String> {
 
 backend_test!(two_root_agents_share_an_instance, |store| async move {
     let b = build(vec![agent("main", Some("i-1")), agent("dev", Some("i-1"))]);
-    let created = store.create_build("ws", &b).await.unwrap();
+    let created = create(&store, "ws", &b).await.unwrap();
     assert_eq!(created.build_number, 1);
     let c = store.candidates(AWS, "i-1").await.unwrap();
     assert_eq!(c.len(), 2);
@@ -62,14 +70,10 @@ backend_test!(two_root_agents_share_an_instance, |store| async move {
     assert_eq!(c[0].workspace_name, "ws");
     assert_eq!(c[0].resource_name, "vm");
     let main_id = created.agents.iter().find(|a| a.name == "main").unwrap().id;
-    let named = store.candidates_named(AWS, "i-1", "main").await.unwrap();
+    let named = candidates_named(&store, "i-1", "main").await;
     assert_eq!(named.len(), 1);
     assert_eq!(named[0].agent_id, main_id);
-    assert!(store
-        .candidates_named(AWS, "i-1", "nope")
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(candidates_named(&store, "i-1", "nope").await.is_empty());
     assert!(store.candidates(AWS, "i-2").await.unwrap().is_empty());
 });
 
@@ -80,29 +84,24 @@ backend_test!(
             agent("main", Some("i-1")),
             sub_agent("devcontainer", "i-1", "main"),
         ]);
-        store.create_build("ws", &b).await.unwrap();
+        create(&store, "ws", &b).await.unwrap();
         assert_eq!(names(&store, "i-1").await, vec!["main"]);
-        assert!(store
-            .candidates_named(AWS, "i-1", "devcontainer")
+        assert!(candidates_named(&store, "i-1", "devcontainer")
             .await
-            .unwrap()
             .is_empty());
     }
 );
 
 backend_test!(agents_of_older_builds_are_excluded, |store| async move {
-    store
-        .create_build("ws", &build(vec![agent("old", Some("i-1"))]))
+    create(&store, "ws", &build(vec![agent("old", Some("i-1"))]))
         .await
         .unwrap();
-    let second = store
-        .create_build("ws", &build(vec![agent("new", Some("i-1"))]))
+    let second = create(&store, "ws", &build(vec![agent("new", Some("i-1"))]))
         .await
         .unwrap();
     assert_eq!(second.build_number, 2);
     assert_eq!(names(&store, "i-1").await, vec!["new"]);
-    let third = store
-        .create_build("ws", &build(vec![agent("other", Some("i-9"))]))
+    let third = create(&store, "ws", &build(vec![agent("other", Some("i-9"))]))
         .await
         .unwrap();
     assert_eq!(third.build_number, 3);
@@ -119,8 +118,7 @@ backend_test!(agents_of_older_builds_are_excluded, |store| async move {
 });
 
 backend_test!(deleted_workspace_is_excluded, |store| async move {
-    store
-        .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+    create(&store, "ws", &build(vec![agent("main", Some("i-1"))]))
         .await
         .unwrap();
     assert!(store.delete_workspace("ws").await.unwrap());
@@ -128,8 +126,7 @@ backend_test!(deleted_workspace_is_excluded, |store| async move {
     assert!(names(&store, "i-1").await.is_empty());
     assert!(store.get_workspace("ws").await.unwrap().is_none());
     // The name is free again and starts at build 1.
-    let again = store
-        .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+    let again = create(&store, "ws", &build(vec![agent("main", Some("i-1"))]))
         .await
         .unwrap();
     assert_eq!(again.build_number, 1);
@@ -137,12 +134,10 @@ backend_test!(deleted_workspace_is_excluded, |store| async move {
 });
 
 backend_test!(same_instance_in_two_workspaces, |store| async move {
-    store
-        .create_build("alpha", &build(vec![agent("main", Some("i-1"))]))
+    create(&store, "alpha", &build(vec![agent("main", Some("i-1"))]))
         .await
         .unwrap();
-    store
-        .create_build("beta", &build(vec![agent("dev", Some("i-1"))]))
+    create(&store, "beta", &build(vec![agent("dev", Some("i-1"))]))
         .await
         .unwrap();
     let c = store.candidates(AWS, "i-1").await.unwrap();
@@ -151,15 +146,15 @@ backend_test!(same_instance_in_two_workspaces, |store| async move {
         .map(|c| (c.workspace_name.as_str(), c.agent_name.as_str()))
         .collect();
     assert_eq!(ws, vec![("beta", "dev"), ("alpha", "main")]);
-    let named = store.candidates_named(AWS, "i-1", "dev").await.unwrap();
+    let named = candidates_named(&store, "i-1", "dev").await;
     assert_eq!(named.len(), 1);
     assert_eq!(named[0].workspace_name, "beta");
 });
 
 backend_test!(other_auth_methods_are_excluded, |store| async move {
     let mut gcp = agent("g", Some("1234"));
-    gcp.auth = "google-instance-identity".into();
-    store.create_build("ws", &build(vec![gcp])).await.unwrap();
+    gcp.auth = Wire::Known(AgentAuth::GoogleInstanceIdentity);
+    create(&store, "ws", &build(vec![gcp])).await.unwrap();
     assert!(store.candidates(AWS, "1234").await.unwrap().is_empty());
     assert_eq!(
         store
@@ -172,27 +167,17 @@ backend_test!(other_auth_methods_are_excluded, |store| async move {
 });
 
 backend_test!(candidate_lookups_are_one_statement, |store| async move {
-    store
-        .create_build(
-            "ws",
-            &build(vec![agent("main", Some("i-1")), agent("dev", Some("i-1"))]),
-        )
-        .await
-        .unwrap();
+    create(
+        &store,
+        "ws",
+        &build(vec![agent("main", Some("i-1")), agent("dev", Some("i-1"))]),
+    )
+    .await
+    .unwrap();
     // Warm the pool so connection set-up is not in the count.
     store.candidates(AWS, "i-0").await.unwrap();
     let before = store.queries_total();
     assert_eq!(store.candidates(AWS, "i-1").await.unwrap().len(), 2);
-    assert_eq!(store.queries_total() - before, 1);
-    let before = store.queries_total();
-    assert_eq!(
-        store
-            .candidates_named(AWS, "i-1", "dev")
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
     assert_eq!(store.queries_total() - before, 1);
 });
 
@@ -202,22 +187,22 @@ backend_test!(
         let b = build(vec![
             agent("main", Some("i-1")),
             agent("main", None),
-            NewAgent {
+            AgentSpec {
                 parent: Some("ghost".into()),
                 ..agent("sub", None)
             },
-            NewAgent {
+            AgentSpec {
                 instance_id: None,
                 ..agent("aws", Some("x"))
             },
         ]);
-        match store.create_build("Bad Name", &b).await {
+        match create(&store, "Bad Name", &b).await {
             Err(StoreError::Validation(errs)) => {
                 assert_eq!(errs.len(), 1, "workspace name is checked first: {errs:?}")
             }
             other => panic!("expected validation error, got {other:?}"),
         }
-        match store.create_build("ws", &b).await {
+        match create(&store, "ws", &b).await {
             Err(StoreError::Validation(errs)) => {
                 let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
                 assert_eq!(
@@ -236,9 +221,9 @@ backend_test!(
 );
 
 backend_test!(list_show_and_sub_agents, |store| async move {
-    let b = NewBuild {
+    let b = BuildRequest {
         resources: vec![
-            NewResource {
+            ResourceSpec {
                 name: "vm".into(),
                 resource_type: "aws_instance".into(),
                 agents: vec![
@@ -246,16 +231,15 @@ backend_test!(list_show_and_sub_agents, |store| async move {
                     sub_agent("child", "i-1", "main"),
                 ],
             },
-            NewResource {
+            ResourceSpec {
                 name: "box".into(),
                 resource_type: "docker_container".into(),
                 agents: vec![agent("tok", None)],
             },
         ],
     };
-    store.create_build("ws", &b).await.unwrap();
-    store
-        .create_build("another", &build(vec![agent("x", Some("i-2"))]))
+    create(&store, "ws", &b).await.unwrap();
+    create(&store, "another", &build(vec![agent("x", Some("i-2"))]))
         .await
         .unwrap();
     let all = store.list_workspaces().await.unwrap();
@@ -276,71 +260,29 @@ backend_test!(list_show_and_sub_agents, |store| async move {
 });
 
 backend_test!(
-    sessions_live_expire_and_end_with_their_workspace,
+    session_lookups_end_with_their_workspace,
     |store| async move {
-        let created = store
-            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+        let created = create(&store, "ws", &build(vec![agent("main", Some("i-1"))]))
             .await
             .unwrap();
         let id = created.agents[0].id;
-        let t = now();
-        store
-            .create_session(b"hash-live", id, t + Duration::hours(1))
-            .await
-            .unwrap();
-        store
-            .create_session(b"hash-old", id, t - Duration::seconds(1))
-            .await
-            .unwrap();
-        let ctx = store.session_agent(b"hash-live", t).await.unwrap().unwrap();
+        let ctx = store.session_agent_by_id(id, 0).await.unwrap().unwrap();
         assert_eq!(ctx.agent_id, id);
         assert_eq!(ctx.agent_name, "main");
         assert_eq!(ctx.workspace_name, "ws");
+        assert_eq!(ctx.workspace_id, created.workspace_id);
         assert_eq!(ctx.build_number, 1);
+        assert_eq!(ctx.resource_name, "vm");
         assert_eq!(ctx.resource_type, "aws_instance");
-        assert!(store.session_agent(b"hash-old", t).await.unwrap().is_none());
-        assert!(store.session_agent(b"unknown", t).await.unwrap().is_none());
-        let before = store.queries_total();
-        store.session_agent(b"hash-live", t).await.unwrap();
-        assert_eq!(store.queries_total() - before, 1);
-        assert_eq!(store.delete_expired_sessions(t).await.unwrap(), 1);
         assert!(store.delete_workspace("ws").await.unwrap());
-        assert!(store
-            .session_agent(b"hash-live", t)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(store.session_agent_by_id(id, 0).await.unwrap().is_none());
     }
 );
 
-backend_test!(a_new_build_ends_old_agents_sessions, |store| async move {
-    let first = store
-        .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
-        .await
-        .unwrap();
-    let t = now();
-    store
-        .create_session(b"s1", first.agents[0].id, t + Duration::hours(1))
-        .await
-        .unwrap();
-    assert!(store.session_agent(b"s1", t).await.unwrap().is_some());
-    store
-        .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
-        .await
-        .unwrap();
-    assert!(store.session_agent(b"s1", t).await.unwrap().is_none());
-    assert!(
-        !store.delete_session(b"s1").await.unwrap(),
-        "removed with the old build"
-    );
-});
-
 backend_test!(static_agent_tokens_by_hash, |store| async move {
-    let b = build(vec![NewAgent {
-        token_hash: Some(b"token-hash".to_vec()),
-        ..agent("tok", None)
-    }]);
-    let created = store.create_build("ws", &b).await.unwrap();
+    let mut valid = validate_build("ws", build(vec![agent("tok", None)])).unwrap();
+    valid.agents_mut()[0].set_token_hash(b"token-hash".to_vec());
+    let created = store.create_build(&valid).await.unwrap();
     let ctx = store.token_agent(b"token-hash").await.unwrap().unwrap();
     assert_eq!(ctx.agent_id, created.agents[0].id);
     assert!(store.token_agent(b"other").await.unwrap().is_none());
@@ -349,8 +291,7 @@ backend_test!(static_agent_tokens_by_hash, |store| async move {
 backend_test!(
     heartbeats_record_first_and_last_connection,
     |store| async move {
-        let created = store
-            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+        let created = create(&store, "ws", &build(vec![agent("main", Some("i-1"))]))
             .await
             .unwrap();
         let id = created.agents[0].id;
@@ -386,7 +327,7 @@ backend_test!(audit_batches_and_lists_newest_first, |store| async move {
     let records: Vec<NewAuditRecord> = (0..2500)
         .map(|i| NewAuditRecord {
             time: t + Duration::milliseconds(i),
-            provider: "aws".into(),
+            provider: Provider::Aws,
             instance_id: format!("i-{i}"),
             agent_name: String::new(),
             outcome: if i % 2 == 0 { "ok" } else { "conflict" }.into(),
@@ -412,10 +353,13 @@ backend_test!(concurrent_builds_get_distinct_numbers, |store| async move {
     for i in 0..6 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store
-                .create_build("ws", &build(vec![agent(&format!("a{i}"), Some("i-1"))]))
-                .await
-                .map(|b| b.build_number)
+            create(
+                &store,
+                "ws",
+                &build(vec![agent(&format!("a{i}"), Some("i-1"))]),
+            )
+            .await
+            .map(|b| b.build_number)
         }));
     }
     let mut numbers = Vec::new();
@@ -434,8 +378,7 @@ backend_test!(ping_answers, |store| async move {
 backend_test!(
     signed_session_lookups_follow_generation_and_liveness,
     |store| async move {
-        let created = store
-            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+        let created = create(&store, "ws", &build(vec![agent("main", Some("i-1"))]))
             .await
             .unwrap();
         let id = created.agents[0].id;
@@ -453,8 +396,7 @@ backend_test!(
             store.candidates(AWS, "i-1").await.unwrap()[0].session_generation,
             1
         );
-        store
-            .create_build("ws", &build(vec![agent("main", Some("i-1"))]))
+        create(&store, "ws", &build(vec![agent("main", Some("i-1"))]))
             .await
             .unwrap();
         assert!(

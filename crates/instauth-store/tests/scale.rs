@@ -1,28 +1,29 @@
 //! With 100k agents seeded, the candidate query stays index-driven on both backends.
 #![allow(clippy::unwrap_used)]
 
-use instauth_store::{backend_test, AgentAuth, NewAgent, NewBuild, NewResource};
+use instauth_store::{backend_test, validate_build, AgentAuth, ValidBuild};
+use instauth_types::{AgentSpec, BuildRequest, ResourceSpec, Wire};
 
 const WORKSPACES: usize = 100;
 const AGENTS_PER_BUILD: usize = 500; // two builds each: 100 * 2 * 500 = 100k agents
 
-fn seeded_build(ws: usize) -> NewBuild {
-    NewBuild {
-        resources: vec![NewResource {
+fn seeded_build(ws: usize) -> ValidBuild {
+    let build = BuildRequest {
+        resources: vec![ResourceSpec {
             name: "vm".into(),
             resource_type: "aws_instance".into(),
             agents: (0..AGENTS_PER_BUILD)
-                .map(|n| NewAgent {
+                .map(|n| AgentSpec {
                     name: format!("a{n}"),
-                    auth: "aws-instance-identity".into(),
+                    auth: Wire::Known(AgentAuth::AwsInstanceIdentity),
                     // Two root agents per instance; the same IDs in both builds.
                     instance_id: Some(format!("i-{ws}-{}", n / 2)),
                     parent: None,
-                    token_hash: None,
                 })
                 .collect(),
         }],
-    }
+    };
+    validate_build(&format!("ws{ws}"), build).unwrap()
 }
 
 backend_test!(
@@ -30,10 +31,7 @@ backend_test!(
     |store| async move {
         for ws in 0..WORKSPACES {
             for _build in 0..2 {
-                store
-                    .create_build(&format!("ws{ws}"), &seeded_build(ws))
-                    .await
-                    .unwrap();
+                store.create_build(&seeded_build(ws)).await.unwrap();
             }
         }
         let listed = store.list_workspaces().await.unwrap();

@@ -5,6 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+mod vocabulary;
+
+pub use vocabulary::{
+    AgentAuth, ConnectionStatus, LifecycleState, Proof, Provider, UnknownValue, Wire,
+};
+
 /// Body of `POST /api/v2/workspaceagents/aws-instance-identity`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AwsInstanceIdentityRequest {
@@ -101,58 +107,12 @@ pub struct Manifest {
     pub resource_type: String,
 }
 
-/// An agent's lifecycle state, as reported with heartbeats and listed by the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LifecycleState {
-    /// Never reported: the state of an agent before its first heartbeat. Agents do not send it.
-    Created,
-    /// Starting up.
-    Starting,
-    /// Ready to serve.
-    Ready,
-    /// Shutting down.
-    ShuttingDown,
-    /// Stopped.
-    Off,
-}
-
-impl LifecycleState {
-    /// The wire and database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LifecycleState::Created => "created",
-            LifecycleState::Starting => "starting",
-            LifecycleState::Ready => "ready",
-            LifecycleState::ShuttingDown => "shutting_down",
-            LifecycleState::Off => "off",
-        }
-    }
-
-    /// Parses the wire spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "created" => LifecycleState::Created,
-            "starting" => LifecycleState::Starting,
-            "ready" => LifecycleState::Ready,
-            "shutting_down" => LifecycleState::ShuttingDown,
-            "off" => LifecycleState::Off,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for LifecycleState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// `POST /api/v2/workspaceagents/me/heartbeat` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
-    /// `starting`, `ready`, `shutting_down` or `off`.
-    pub lifecycle_state: String,
+    /// `starting`, `ready`, `shutting_down` or `off`; an unknown spelling is kept so that the
+    /// server can name the field in its validation error.
+    pub lifecycle_state: Wire<LifecycleState>,
 }
 
 /// An agent of a build to create (`POST /api/v2/workspaces/{workspace}/builds`).
@@ -160,8 +120,9 @@ pub struct HeartbeatRequest {
 pub struct AgentSpec {
     /// Unique within the build: `[a-zA-Z0-9_-]{1,64}`.
     pub name: String,
-    /// `token`, `aws-instance-identity`, `azure-instance-identity` or `google-instance-identity`.
-    pub auth: String,
+    /// `token`, `aws-instance-identity`, `azure-instance-identity` or `google-instance-identity`;
+    /// an unknown spelling is kept so that validation can name the field.
+    pub auth: Wire<AgentAuth>,
     /// The cloud's instance ID, for instance identity auth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
@@ -223,16 +184,16 @@ pub struct AgentStatus {
     /// Resource it runs on.
     pub resource_name: String,
     /// Authentication method.
-    pub auth: String,
+    pub auth: AgentAuth,
     /// Cloud instance ID, if any.
     pub instance_id: Option<String>,
     /// Parent agent's name, for sub-agents.
     pub parent: Option<String>,
     /// `connecting` (never seen), `connected` (heartbeat younger than 3 intervals) or
     /// `disconnected`.
-    pub status: String,
+    pub status: ConnectionStatus,
     /// Last reported lifecycle state (`created` before the first report).
-    pub lifecycle_state: String,
+    pub lifecycle_state: LifecycleState,
     /// First heartbeat (RFC 3339, UTC).
     pub first_connected_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Latest heartbeat (RFC 3339, UTC).
@@ -269,7 +230,7 @@ pub struct AuditEntry {
     /// When (RFC 3339, UTC).
     pub time: chrono::DateTime<chrono::Utc>,
     /// `aws`, `azure` or `gcp`.
-    pub provider: String,
+    pub provider: Provider,
     /// The instance ID (empty when the proof did not verify).
     pub instance_id: String,
     /// The requested agent name (trimmed, may be empty).
@@ -283,6 +244,3 @@ pub struct AuditEntry {
     /// The client's address.
     pub remote_addr: String,
 }
-
-/// The header carrying the admin token: `Authorization: Bearer <token>`.
-pub const ADMIN_AUTH_SCHEME: &str = "Bearer";

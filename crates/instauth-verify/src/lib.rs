@@ -15,41 +15,13 @@ use std::fmt;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use instauth_types::Provider;
 use serde::Serialize;
 
 pub mod ber;
 pub mod encoding;
 pub mod pem;
 pub mod pkcs7;
-
-/// The cloud that vouched for an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    /// Amazon Web Services EC2 instance identity documents.
-    Aws,
-    /// Azure Instance Metadata Service attested data.
-    Azure,
-    /// Google Compute Engine instance identity tokens.
-    Gcp,
-}
-
-impl Provider {
-    /// The lowercase name used in JSON, metrics and the audit log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Aws => "aws",
-            Provider::Azure => "azure",
-            Provider::Gcp => "gcp",
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Who an instance is, as stated by its cloud.
 ///

@@ -1,0 +1,161 @@
+//! Agents at run time: the exchange's candidate query, the agent API's session and token
+//! lookups, session revocation and heartbeats.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use instauth_types::{AgentAuth, LifecycleState};
+use uuid::Uuid;
+
+use crate::model::{AgentContext, Candidate};
+use crate::schema::{workspace_agents, workspace_builds, workspace_resources, workspaces};
+use crate::text::text;
+use crate::{Result, Store};
+
+/// The candidate query (DESIGN.md step 3): live root agents with this instance ID and auth
+/// method, in the latest build of a live workspace. Driven by the partial index
+/// `workspace_agents_instance`; the latest-build test is one primary-key probe of `workspaces`.
+macro_rules! candidates_query {
+    ($auth:expr, $instance_id:expr) => {
+        workspace_agents::table
+            .inner_join(
+                workspaces::table.on(workspaces::id
+                    .eq(workspace_agents::workspace_id)
+                    .and(workspaces::latest_build_id.eq(workspace_agents::build_id.nullable()))),
+            )
+            .inner_join(
+                workspace_resources::table
+                    .on(workspace_resources::id.eq(workspace_agents::resource_id)),
+            )
+            .filter(workspace_agents::auth_instance_id.eq($instance_id))
+            .filter(workspace_agents::parent_id.is_null())
+            .filter(workspace_agents::deleted_at.is_null())
+            .filter(workspace_agents::auth.eq(text($auth)))
+            .filter(workspaces::deleted_at.is_null())
+            .select((
+                workspace_agents::id,
+                workspace_agents::name,
+                workspace_agents::auth,
+                workspace_resources::name,
+                workspaces::id,
+                workspaces::name,
+                workspace_agents::session_generation,
+            ))
+    };
+}
+#[cfg(feature = "testing")]
+pub(crate) use candidates_query;
+
+/// Live agents joined with what the agent API reports about them; the caller adds the filter
+/// that identifies the agent (session or static token).
+macro_rules! agent_context_query {
+    () => {
+        workspace_agents::table
+            .inner_join(
+                workspaces::table.on(workspaces::id
+                    .eq(workspace_agents::workspace_id)
+                    .and(workspaces::latest_build_id.eq(workspace_agents::build_id.nullable()))),
+            )
+            .inner_join(
+                workspace_builds::table.on(workspace_builds::id.eq(workspace_agents::build_id)),
+            )
+            .inner_join(
+                workspace_resources::table
+                    .on(workspace_resources::id.eq(workspace_agents::resource_id)),
+            )
+            .filter(workspace_agents::deleted_at.is_null())
+            .filter(workspaces::deleted_at.is_null())
+            .select((
+                workspace_agents::id,
+                workspace_agents::name,
+                workspaces::id,
+                workspaces::name,
+                workspace_builds::build_number,
+                workspace_resources::name,
+                workspace_resources::resource_type,
+            ))
+    };
+}
+
+diesel::define_sql_function! {
+    /// SQL `COALESCE` for nullable timestamps.
+    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>, y: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>) -> diesel::sql_types::Nullable<diesel::sql_types::Timestamp>;
+}
+
+impl Store {
+    /// The candidates for an exchange, in ONE statement: live root agents with this instance ID
+    /// and auth method whose build is the latest build of a live workspace, sorted by name (then
+    /// workspace). The policy narrows them by the requested name.
+    pub async fn candidates(&self, auth: AgentAuth, instance_id: &str) -> Result<Vec<Candidate>> {
+        with_conn!(self, |conn| {
+            Ok(candidates_query!(auth, instance_id)
+                .order((workspace_agents::name, workspaces::name))
+                .load(conn)
+                .await?)
+        })
+    }
+
+    /// The agent a static agent token (by hash) belongs to, if it is live. One statement.
+    pub async fn token_agent(&self, token_hash: &[u8]) -> Result<Option<AgentContext>> {
+        with_conn!(self, |conn| {
+            Ok(agent_context_query!()
+                .filter(workspace_agents::auth_token_hash.eq(token_hash))
+                .first(conn)
+                .await
+                .optional()?)
+        })
+    }
+
+    /// The agent behind a signed session token, if it is live, in the latest build of a live
+    /// workspace, and its session generation still matches. One primary-key read.
+    pub async fn session_agent_by_id(
+        &self,
+        agent_id: Uuid,
+        session_generation: i32,
+    ) -> Result<Option<AgentContext>> {
+        with_conn!(self, |conn| {
+            Ok(agent_context_query!()
+                .filter(workspace_agents::id.eq(text(agent_id)))
+                .filter(workspace_agents::session_generation.eq(session_generation))
+                .first(conn)
+                .await
+                .optional()?)
+        })
+    }
+
+    /// Revokes every signed session of an agent by bumping its session generation. Returns
+    /// false if the agent does not exist.
+    pub async fn revoke_agent_sessions(&self, agent_id: Uuid) -> Result<bool> {
+        with_conn!(self, |conn| {
+            let n = diesel::update(workspace_agents::table.find(text(agent_id)))
+                .set(
+                    workspace_agents::session_generation
+                        .eq(workspace_agents::session_generation + 1),
+                )
+                .execute(conn)
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Records a heartbeat: lifecycle state, first (once) and last connection time.
+    pub async fn record_heartbeat(
+        &self,
+        agent_id: Uuid,
+        state: LifecycleState,
+        at: NaiveDateTime,
+    ) -> Result<bool> {
+        with_conn!(self, |conn| {
+            let n = diesel::update(workspace_agents::table.find(text(agent_id)))
+                .set((
+                    workspace_agents::lifecycle_state.eq(text(state)),
+                    workspace_agents::first_connected_at
+                        .eq(coalesce(workspace_agents::first_connected_at, Some(at))),
+                    workspace_agents::last_connected_at.eq(at),
+                ))
+                .execute(conn)
+                .await?;
+            Ok(n > 0)
+        })
+    }
+}

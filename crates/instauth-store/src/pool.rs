@@ -1,0 +1,298 @@
+//! Connections and migrations: the pools of both backends, statement counting, and the schema
+//! migrations run at start.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::prelude::*;
+use diesel::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::{Backend, Inner, Result, SqliteConn, Store, StoreError};
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+
+/// Key of the PostgreSQL advisory lock held while migrating (arbitrary, fixed: "instauth").
+const MIGRATION_LOCK: i64 = 0x696e_7374_6175_7468;
+
+/// How long a caller waits for a pooled connection (or a new one) before the store reports
+/// [`StoreError::Unavailable`] and the API answers 503.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite settings applied to every connection. WAL lets readers run beside the one writer;
+/// busy_timeout makes a second writer wait instead of failing at once.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
+
+/// Which database to use.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    /// The embedded SQLite database file.
+    Sqlite {
+        /// Path of the database file; its directory is created if missing.
+        path: PathBuf,
+    },
+    /// A PostgreSQL server (`postgres://user@host:port/db`, or `host=... dbname=...`).
+    Postgres {
+        /// Connection URL or key=value connection string.
+        url: String,
+    },
+}
+
+/// Never prints the URL: it may hold a password.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl DatabaseConfig {
+    /// A short description for logs: backend, host, port and database, never a user name,
+    /// password or query parameter (which may carry `password=`).
+    pub fn describe(&self) -> String {
+        match self {
+            DatabaseConfig::Sqlite { path } => format!("sqlite {}", path.display()),
+            DatabaseConfig::Postgres { url } => format!("postgres {}", describe_postgres(url)),
+        }
+    }
+}
+
+/// `host:port/db` of a PostgreSQL URL or key=value connection string.
+fn describe_postgres(url: &str) -> String {
+    if let Some((_, rest)) = url.split_once("://") {
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        // The user info ends at the authority's last '@' (a password may itself hold '@').
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        return format!("{host}{path}");
+    }
+    // key=value form: keep only where it points.
+    let mut host = "";
+    let mut port = "";
+    let mut db = "";
+    for pair in url.split_whitespace() {
+        match pair.split_once('=') {
+            Some(("host", v)) => host = v,
+            Some(("port", v)) => port = v,
+            Some(("dbname", v)) => db = v,
+            _ => {}
+        }
+    }
+    let port = if port.is_empty() {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    format!("{host}{port}/{db}")
+}
+
+/// Counts statements (not connection set-up) on every pooled connection.
+fn counter_instrumentation(counter: Arc<AtomicU64>) -> impl Instrumentation {
+    move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { .. } = event {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn postgres_pool(url: &str, counter: Arc<AtomicU64>) -> Result<Pool<AsyncPgConnection>> {
+    let mut mc = ManagerConfig::<AsyncPgConnection>::default();
+    // `Fast` recycling: the default (`Verified`) runs `SELECT 1` on every checkout, an extra
+    // round trip per request.
+    mc.recycling_method = RecyclingMethod::Fast;
+    mc.custom_setup = Box::new(move |url| {
+        let counter = counter.clone();
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn =
+                tokio::time::timeout(CONNECT_TIMEOUT, AsyncPgConnection::establish(&url))
+                    .await
+                    .map_err(|_| {
+                        diesel::ConnectionError::BadConnection(
+                            "timed out connecting to PostgreSQL".into(),
+                        )
+                    })??;
+            conn.set_instrumentation(counter_instrumentation(counter));
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(url.to_owned(), mc);
+    Pool::builder(manager)
+        .max_size(16)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+fn sqlite_pool(path: &std::path::Path, counter: Arc<AtomicU64>) -> Result<Pool<SqliteConn>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let mut mc = ManagerConfig::<SqliteConn>::default();
+    mc.recycling_method = RecyclingMethod::Fast;
+    mc.custom_setup = Box::new(move |url| {
+        let counter = counter.clone();
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = SqliteConn::establish(&url).await?;
+            conn.batch_execute(SQLITE_PRAGMAS)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            conn.set_instrumentation(counter_instrumentation(counter));
+            Ok(conn)
+        })
+    });
+    let manager =
+        AsyncDieselConnectionManager::new_with_config(path.to_string_lossy().into_owned(), mc);
+    Pool::builder(manager)
+        .max_size(8)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+impl Store {
+    /// Connects (creating the SQLite file and its directory if needed) without migrating.
+    pub async fn connect(config: DatabaseConfig) -> Result<Store> {
+        let queries = Arc::new(AtomicU64::new(0));
+        let backend = match &config {
+            DatabaseConfig::Postgres { url } => {
+                Backend::Postgres(postgres_pool(url, queries.clone())?)
+            }
+            DatabaseConfig::Sqlite { path } => Backend::Sqlite(sqlite_pool(path, queries.clone())?),
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                queries,
+            }),
+        })
+    }
+
+    /// Another store on the same database with its own pool of at most `max_size` connections
+    /// and its own statement counter (the audit writer uses one, so its writes neither wait for
+    /// nor are counted with request-path statements).
+    pub async fn sibling(&self, max_size: usize) -> Result<Store> {
+        let store = Store::connect(self.inner.config.clone()).await?;
+        match &store.inner.backend {
+            Backend::Postgres(p) => p.resize(max_size),
+            Backend::Sqlite(p) => p.resize(max_size),
+        }
+        Ok(store)
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn open(config: DatabaseConfig) -> Result<Store> {
+        let store = Store::connect(config).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The database this store uses.
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.inner.config
+    }
+
+    /// True when the store is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner.backend, Backend::Postgres(_))
+    }
+
+    /// Statements sent to the database since the store was created (all connections).
+    pub fn queries_total(&self) -> u64 {
+        self.inner.queries.load(Ordering::Relaxed)
+    }
+
+    /// Applies pending migrations; returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        let config = self.inner.config.clone();
+        // diesel's migration harness is synchronous: run it on a blocking thread. For PostgreSQL
+        // the async connection is wrapped (no libpq); it drives IO on the current runtime.
+        tokio::task::spawn_blocking(move || migrate_blocking(config))
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?
+    }
+
+    /// Answers when the database does (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        with_conn!(self, |conn| {
+            conn.batch_execute("SELECT 1").await?;
+            Ok(())
+        })
+    }
+}
+
+fn migrate_blocking(config: DatabaseConfig) -> Result<Vec<String>> {
+    let fail = |e: &dyn std::fmt::Display| StoreError::Migration(e.to_string());
+    let versions = match config {
+        DatabaseConfig::Postgres { url } => {
+            let mut conn = <diesel_async::async_connection_wrapper::AsyncConnectionWrapper<
+                AsyncPgConnection,
+            > as diesel::Connection>::establish(&url)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            // Replicas that start together would race to create diesel's bookkeeping table and
+            // apply the same migration twice; a session-level advisory lock lets one migrate
+            // while the others wait, then find nothing pending. The lock ends with the session.
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                .execute(&mut conn)?;
+            let applied = conn
+                .run_pending_migrations(PG_MIGRATIONS)
+                .map_err(|e| fail(&e))
+                .map(|v| v.iter().map(|v| v.to_string()).collect());
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+                .execute(&mut conn)?;
+            applied?
+        }
+        DatabaseConfig::Sqlite { path } => {
+            let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            diesel::connection::SimpleConnection::batch_execute(&mut conn, SQLITE_PRAGMAS)?;
+            conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(|e| fail(&e))?
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
+        }
+    };
+    Ok(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_never_shows_credentials() {
+        let pg = |url: &str| DatabaseConfig::Postgres { url: url.into() }.describe();
+        assert_eq!(pg("postgres://u:p@ss@db:5432/app"), "postgres db:5432/app");
+        assert_eq!(
+            pg("postgres://db/app?user=u&password=secret"),
+            "postgres db/app"
+        );
+        assert_eq!(pg("postgresql://u@db"), "postgres db");
+        assert_eq!(
+            pg("host=db port=5433 user=u password=secret dbname=app"),
+            "postgres db:5433/app"
+        );
+        let d = format!(
+            "{:?}",
+            DatabaseConfig::Postgres {
+                url: "postgres://u:secret@h/d".into()
+            }
+        );
+        assert!(!d.contains("secret"), "{d}");
+    }
+}
