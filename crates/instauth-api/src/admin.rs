@@ -237,6 +237,7 @@ pub(crate) async fn audit(
                 outcome: r.record.outcome,
                 agent_id: r.record.agent_id,
                 remote_addr: r.record.remote_addr,
+                reason: r.record.reason,
             })
             .collect(),
     ))

@@ -80,6 +80,40 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Why an exchange failed, for the audit log: the failed check, never proof material.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            ApiError::BadJson => Some("body is not valid JSON".into()),
+            ApiError::Validation(v) => Some(
+                v.iter()
+                    .map(|e| format!("{}: {}", e.field, e.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            ApiError::TooLarge => Some("body over the limit".into()),
+            ApiError::InvalidProof { detail, .. } => Some(detail.clone()),
+            ApiError::NoCandidate {
+                requested, names, ..
+            } => Some(match requested {
+                Some(n) => format!(
+                    "no candidate named {n:?} (candidates: {})",
+                    names.join(", ")
+                ),
+                None => "no candidate for the instance".into(),
+            }),
+            ApiError::Conflict { names, .. } => {
+                Some(format!("several candidates: {}", names.join(", ")))
+            }
+            ApiError::Unavailable => Some("database unavailable".into()),
+            ApiError::Unauthorized(_)
+            | ApiError::NotFound(_)
+            | ApiError::RateLimited { .. }
+            | ApiError::Internal(_) => None,
+        }
+    }
+}
+
 impl From<instauth_store::StoreError> for ApiError {
     fn from(e: instauth_store::StoreError) -> Self {
         match e {

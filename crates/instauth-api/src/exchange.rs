@@ -155,6 +155,7 @@ async fn exchange<R>(
         outcome: String::new(),
         agent_id: None,
         remote_addr: remote,
+        reason: None,
     };
     let result: Result<Candidate, ApiError> = async {
         limited.map_err(|retry_after| ApiError::RateLimited { retry_after })?;
@@ -206,6 +207,7 @@ async fn exchange<R>(
         .exchange(provider.as_str(), outcome, took);
     audit.outcome = outcome.into();
     audit.agent_id = result.as_ref().ok().map(|c| c.agent_id);
+    audit.reason = result.as_ref().err().and_then(ApiError::reason);
     tracing::info!(
         provider = provider.as_str(),
         instance_id = %audit.instance_id,

@@ -22,6 +22,7 @@ struct AuditInsert {
     outcome: String,
     agent_id: Option<String>,
     remote_addr: String,
+    reason: Option<String>,
 }
 
 insert_many!(AuditInsert, audit_log::table);
@@ -42,6 +43,7 @@ impl Store {
                 outcome: r.outcome.clone(),
                 agent_id: r.agent_id.map(|id| id.hyphenated().to_string()),
                 remote_addr: r.remote_addr.clone(),
+                reason: r.reason.clone(),
             })
             .collect();
         with_conn!(self, |conn| Ok(conn.insert_many(rows).await?))
@@ -63,6 +65,7 @@ impl Store {
                         audit_log::outcome,
                         audit_log::agent_id,
                         audit_log::remote_addr,
+                        audit_log::reason,
                     ),
                 ))
                 .load(conn)

@@ -150,6 +150,8 @@ pub struct NewAuditRecord {
     pub agent_id: Option<Uuid>,
     /// The client's address.
     pub remote_addr: String,
+    /// Why the attempt failed (the check that failed; never proof material).
+    pub reason: Option<String>,
 }
 
 /// A stored audit record.

@@ -69,6 +69,7 @@ diesel::table! {
         outcome -> Text,
         agent_id -> Nullable<Text>,
         remote_addr -> Text,
+        reason -> Nullable<Text>,
     }
 }
 

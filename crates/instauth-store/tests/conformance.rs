@@ -333,6 +333,7 @@ backend_test!(audit_batches_and_lists_newest_first, |store| async move {
             outcome: if i % 2 == 0 { "ok" } else { "conflict" }.into(),
             agent_id: (i % 2 == 0).then(uuid::Uuid::new_v4),
             remote_addr: "127.0.0.1:5000".into(),
+            reason: (i % 2 == 1).then(|| format!("reason {i}")),
         })
         .collect();
     let before = store.queries_total();

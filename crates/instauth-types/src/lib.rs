@@ -243,4 +243,7 @@ pub struct AuditEntry {
     pub agent_id: Option<uuid::Uuid>,
     /// The client's address.
     pub remote_addr: String,
+    /// Why the attempt failed: the check that failed (never proof material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
