@@ -85,12 +85,9 @@ impl ApiError {
     pub fn reason(&self) -> Option<String> {
         match self {
             ApiError::BadJson => Some("body is not valid JSON".into()),
-            ApiError::Validation(v) => Some(
-                v.iter()
-                    .map(|e| format!("{}: {}", e.field, e.detail))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+            // The count only: field names such as `signature` read like proof material in an
+            // audit listing, and the client already got the details in its 400.
+            ApiError::Validation(v) => Some(format!("{} invalid field(s)", v.len())),
             ApiError::TooLarge => Some("body over the limit".into()),
             ApiError::InvalidProof { detail, .. } => Some(detail.clone()),
             ApiError::NoCandidate {
