@@ -38,6 +38,16 @@ enum Command {
     /// Inspect instance identity proofs.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Manage the session signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new session signing key; tokens signed by the previous keys stay valid until they
+    /// expire. Running servers pick the new key up within a minute.
+    Rotate(DbArgs),
 }
 
 #[derive(Subcommand)]
@@ -77,12 +87,23 @@ struct ServerArgs {
     admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     trust: trust::TrustArgs,
-    /// How long a session token is valid.
-    #[arg(long, env = "INSTAUTH_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// How long a session token is valid (1m to 366d).
+    #[arg(long, env = "INSTAUTH_SESSION_TTL", default_value = "24h", value_parser = duration_between("1m", "366d"))]
     session_ttl: Duration,
-    /// Expected agent heartbeat interval; an agent is connected for 3 intervals after one.
-    #[arg(long, env = "INSTAUTH_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    /// Expected agent heartbeat interval; an agent is connected for 3 intervals after one
+    /// (1s to 1h).
+    #[arg(long, env = "INSTAUTH_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = duration_between("1s", "1h"))]
     heartbeat_interval: Duration,
+    /// Retry-After of 404 and 409 exchange answers (1s to 1h).
+    #[arg(long, env = "INSTAUTH_RETRY_AFTER", default_value = "5s", value_parser = duration_between("1s", "1h"))]
+    retry_after: Duration,
+    /// Audit records older than this are deleted (1h to 3660d).
+    #[arg(long, env = "INSTAUTH_AUDIT_RETENTION", default_value = "30d", value_parser = duration_between("1h", "3660d"))]
+    audit_retention: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM before connections are
+    /// closed (0s to 10m).
+    #[arg(long, env = "INSTAUTH_SHUTDOWN_DEADLINE", default_value = "20s", value_parser = duration_between("0s", "10m"))]
+    shutdown_deadline: Duration,
     /// Token exchanges per second per client address (bursts of twice that); 0 disables.
     #[arg(long, env = "INSTAUTH_EXCHANGE_RATE_LIMIT", default_value_t = 50)]
     exchange_rate_limit: u32,
@@ -91,16 +112,50 @@ struct ServerArgs {
     log_format: LogFormat,
 }
 
+/// A duration flag's parser that accepts `min..=max` only, so a typo fails at start with an
+/// error naming the flag (clap adds it) instead of overflowing later.
+fn duration_between(
+    min: &'static str,
+    max: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| e.to_string())?;
+        let (lo, hi) = (
+            humantime::parse_duration(min).map_err(|e| e.to_string())?,
+            humantime::parse_duration(max).map_err(|e| e.to_string())?,
+        );
+        if d < lo || d > hi {
+            return Err(format!("must be between {min} and {max}"));
+        }
+        Ok(d)
+    }
+}
+
+/// Logs each permission that was tightened.
+fn log_tightened(changed: Vec<instauth_store::files::Tightened>) {
+    for t in changed {
+        tracing::warn!(
+            path = %t.path.display(),
+            was = format!("{:o}", t.was),
+            now = format!("{:o}", t.now),
+            "Tightened permissions: the file was readable by other users."
+        );
+    }
+}
+
 /// Reads the admin token from `path`, or creates it (mode 0600) with a random token.
 fn admin_token(path: &Path) -> anyhow::Result<String> {
+    log_tightened(instauth_store::files::private_file(path)?);
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
         Ok(_) => anyhow::bail!("admin token file {} is empty", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            instauth_store::files::private_dir(dir)?;
+        }
     }
     let token = format!("iadm_{}", hex_token());
     let mut opts = std::fs::OpenOptions::new();
@@ -165,6 +220,9 @@ fn init_logging(format: LogFormat) {
 
 async fn open_store(db: &DbArgs) -> anyhow::Result<Store> {
     let config = db.database()?;
+    if let DatabaseConfig::Sqlite { path } = &config {
+        log_tightened(instauth_store::files::private_sqlite(path)?);
+    }
     let what = config.describe();
     let store = Store::connect(config)
         .await
@@ -218,6 +276,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             heartbeat_interval: args.heartbeat_interval,
             admin_token,
             exchange_rate_limit: args.exchange_rate_limit,
+            retry_after: args.retry_after,
         },
     )
     .await
@@ -229,15 +288,34 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving HTTP")?;
+    let serve_config = instauth_api::serve::ServeConfig {
+        shutdown_deadline: args.shutdown_deadline,
+        ..Default::default()
+    };
+    match instauth_api::serve::serve(listener, app, serve_config, shutdown_signal()).await {
+        instauth_api::serve::Shutdown::Graceful => {}
+        instauth_api::serve::Shutdown::DeadlineReached(open) => tracing::warn!(
+            connections = open,
+            deadline = ?args.shutdown_deadline,
+            "Shutdown deadline reached: closing the remaining connections."
+        ),
+    }
     audit.shutdown().await;
     tracing::info!("Stopped.");
+    Ok(())
+}
+
+async fn rotate_keys(args: DbArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Human);
+    let store = open_store(&args).await?;
+    let id = store
+        .rotate_session_key(instauth_api::session::random_secret())
+        .await
+        .context("adding a session key")?;
+    println!(
+        "session key {id} now signs new tokens; tokens signed by earlier keys stay valid until \
+         they expire (running servers pick the key up within a minute)"
+    );
     Ok(())
 }
 
@@ -264,6 +342,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => server(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Keys(KeysCommand::Rotate(args)) => rotate_keys(args).await,
         Command::Workspaces(cmd) => workspaces::run(cmd).await,
         Command::Identity(IdentityCommand::Verify(args)) => {
             return identity::run(args).await.unwrap_or_else(|e| {

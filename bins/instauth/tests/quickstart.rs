@@ -61,7 +61,7 @@ fn quickstart_flow_gives_a_session_token() {
     );
     let (status, body) = curl(&url, &example("aws-exchange.json"));
     assert_eq!(status, 200, "{body}");
-    assert!(body["session_token"].as_str().unwrap().starts_with("ias1_"));
+    assert!(body["session_token"].as_str().unwrap().starts_with("ias2_"));
 
     // The same proof without agent_name: two candidates, 409 naming them.
     let no_name = home.path().join("no-name.json");

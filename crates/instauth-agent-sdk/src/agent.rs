@@ -239,6 +239,7 @@ pub fn log_failure(e: &Error, what: &str) {
         Error::Conflict {
             message,
             agent_names,
+            ..
         } => tracing::error!(
             agent_names = %agent_names.join(", "),
             server_message = %message,
@@ -248,6 +249,7 @@ pub fn log_failure(e: &Error, what: &str) {
         Error::NotFound {
             message,
             agent_names,
+            ..
         } if !agent_names.is_empty() => tracing::error!(
             agent_names = %agent_names.join(", "),
             server_message = %message,

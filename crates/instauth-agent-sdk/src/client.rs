@@ -231,10 +231,12 @@ async fn error_from(resp: reqwest::Response, endpoint: &str) -> Error {
         (StatusCode::CONFLICT, names) => Error::Conflict {
             message: body.message,
             agent_names: names.unwrap_or_default(),
+            retry_after,
         },
         (StatusCode::NOT_FOUND, Some(agent_names)) => Error::NotFound {
             message: body.message,
             agent_names,
+            retry_after,
         },
         _ => Error::Status {
             endpoint: endpoint.to_owned(),

@@ -72,6 +72,8 @@ pub enum Error {
         message: String,
         /// The candidate agent names, sorted.
         agent_names: Vec<String>,
+        /// The server's `Retry-After`, if any.
+        retry_after: Option<Duration>,
     },
     /// No agent matches this instance (and name) (HTTP 404 on exchange).
     #[error("{message}{}", names_suffix(.agent_names))]
@@ -80,6 +82,8 @@ pub enum Error {
         message: String,
         /// Agent names that do exist for this instance, sorted (may be empty).
         agent_names: Vec<String>,
+        /// The server's `Retry-After`, if any.
+        retry_after: Option<Duration>,
     },
     /// Any other non-success status.
     #[error("{endpoint} answered HTTP {status}: {message}{}", detail_suffix(.detail))]
@@ -155,10 +159,12 @@ impl Error {
         }
     }
 
-    /// The server's `Retry-After`, when it sent one.
+    /// The server's `Retry-After`, when it sent one (429, 503, and 404/409 of an exchange).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Status { retry_after, .. } => *retry_after,
+            Error::Status { retry_after, .. }
+            | Error::Conflict { retry_after, .. }
+            | Error::NotFound { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

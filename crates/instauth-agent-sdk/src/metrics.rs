@@ -109,6 +109,7 @@ mod tests {
         m.count_exchange::<()>(&Err(Error::Conflict {
             message: String::new(),
             agent_names: vec![],
+            retry_after: None,
         }));
         m.count_heartbeat(true);
         m.set_connected(true);

@@ -1,6 +1,6 @@
 //! The admin API (SPEC.md §4), authenticated by `Authorization: Bearer <admin token>`.
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, PathParam};
 use crate::{token_hash, AppState};
 
 /// Proof that the request carried the admin token.
@@ -56,7 +56,7 @@ fn new_agent_token() -> String {
 pub(crate) async fn create_build(
     State(state): State<AppState>,
     _: Admin,
-    Path(workspace): Path<String>,
+    PathParam(workspace): PathParam<String>,
     JsonBody(body): JsonBody<BuildRequest>,
 ) -> Result<Response, ApiError> {
     let mut build = validate_build(&workspace, body).map_err(StoreError::Validation)?;
@@ -158,7 +158,7 @@ fn workspace_not_found(name: &str) -> ApiError {
 pub(crate) async fn show_workspace(
     State(state): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<WorkspaceInfo>, ApiError> {
     match state.inner.store.get_workspace(&name).await? {
         Some(w) => Ok(Json(info(&state, w, true))),
@@ -170,7 +170,7 @@ pub(crate) async fn show_workspace(
 pub(crate) async fn delete_workspace(
     State(state): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.inner.store.delete_workspace(&name).await? {
         tracing::info!(workspace = %name, "Workspace deleted.");
@@ -185,7 +185,7 @@ pub(crate) async fn delete_workspace(
 pub(crate) async fn revoke_sessions(
     State(state): State<AppState>,
     _: Admin,
-    Path(agent_id): Path<String>,
+    PathParam(agent_id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&agent_id).map_err(|_| {
         ApiError::Validation(vec![ValidationError {

@@ -11,7 +11,7 @@ use instauth_types::{HeartbeatRequest, Manifest, ValidationError, SESSION_TOKEN_
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::session::SESSION_TOKEN_PREFIX;
+use crate::session::{TokenError, LEGACY_TOKEN_PREFIX, SESSION_TOKEN_PREFIX};
 use crate::{token_hash, AppState};
 
 /// The agent a request is authenticated as.
@@ -36,14 +36,23 @@ impl FromRequestParts<AppState> for AuthedAgent {
             ));
         }
         let store = &state.inner.store;
-        let agent = if token.starts_with(SESSION_TOKEN_PREFIX) {
-            match state.inner.sessions.check(token, chrono::Utc::now()) {
-                Some(c) => store.session_agent_by_id(c.agent_id, c.generation).await?,
-                None => None,
-            }
-        } else {
-            store.token_agent(&token_hash(token)).await?
-        };
+        let agent =
+            if token.starts_with(SESSION_TOKEN_PREFIX) || token.starts_with(LEGACY_TOKEN_PREFIX) {
+                let now = chrono::Utc::now();
+                let mut checked = state.inner.sessions.check(token, now);
+                // Signed by a key rotated in by another process: read the keys and try once more.
+                if let Err(TokenError::UnknownKey(_)) = checked {
+                    if state.reload_session_keys().await? {
+                        checked = state.inner.sessions.check(token, now);
+                    }
+                }
+                match checked {
+                    Ok(c) => store.session_agent_by_id(c.agent_id, c.generation).await?,
+                    Err(_) => None,
+                }
+            } else {
+                store.token_agent(&token_hash(token)).await?
+            };
         agent.map(AuthedAgent).ok_or(ApiError::Unauthorized(
             "Session token is invalid or expired.",
         ))

@@ -18,6 +18,15 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("request body too large")]
     TooLarge,
+    /// The body did not arrive within the body read timeout.
+    #[error("request body read timed out")]
+    BodyTimeout,
+    /// A path segment is not valid percent-encoded UTF-8.
+    #[error("undecodable path: {0}")]
+    BadPath(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// The cloud proof did not verify.
     #[error("invalid {provider} identity: {detail}")]
     InvalidProof {
@@ -35,6 +44,8 @@ pub enum ApiError {
         requested: Option<String>,
         /// All candidates' names, sorted.
         names: Vec<String>,
+        /// Seconds for the `Retry-After` header (`--retry-after`).
+        retry_after: u64,
     },
     /// Several candidate agents.
     #[error("several candidate agents")]
@@ -43,6 +54,8 @@ pub enum ApiError {
         instance_id: String,
         /// Candidates' names, sorted and de-duplicated.
         names: Vec<String>,
+        /// Seconds for the `Retry-After` header (`--retry-after`).
+        retry_after: u64,
     },
     /// Missing or bad credentials on the agent or admin API.
     #[error("unauthorized: {0}")]
@@ -68,7 +81,11 @@ impl ApiError {
     /// The audit outcome word for this error.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::BadJson | ApiError::Validation(_) => "bad_request",
+            ApiError::BadJson
+            | ApiError::Validation(_)
+            | ApiError::BadPath(_)
+            | ApiError::BodyTimeout
+            | ApiError::MethodNotAllowed => "bad_request",
             ApiError::TooLarge => "too_large",
             ApiError::InvalidProof { .. } | ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NoCandidate { .. } | ApiError::NotFound(_) => "not_found",
@@ -89,6 +106,8 @@ impl ApiError {
             // audit listing, and the client already got the details in its 400.
             ApiError::Validation(v) => Some(format!("{} invalid field(s)", v.len())),
             ApiError::TooLarge => Some("body over the limit".into()),
+            ApiError::BodyTimeout => Some("body not received in time".into()),
+            ApiError::BadPath(_) | ApiError::MethodNotAllowed => None,
             ApiError::InvalidProof { detail, .. } => Some(detail.clone()),
             ApiError::NoCandidate {
                 requested, names, ..
@@ -137,8 +156,12 @@ fn body(message: impl Into<String>) -> ErrorResponse {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, body) = match self {
-            ApiError::BadJson => (StatusCode::BAD_REQUEST, body("Request body must be valid JSON.")),
+            ApiError::BadJson => (
+                StatusCode::BAD_REQUEST,
+                body("Request body must be valid JSON."),
+            ),
             ApiError::Validation(validations) => (
                 StatusCode::BAD_REQUEST,
                 ErrorResponse {
@@ -150,6 +173,20 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 body("Request body is too large."),
             ),
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                body("Request body was not received in time."),
+            ),
+            ApiError::BadPath(detail) => (
+                StatusCode::BAD_REQUEST,
+                ErrorResponse {
+                    detail: Some(detail),
+                    ..body("Invalid request path.")
+                },
+            ),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, body("Method not allowed."))
+            }
             ApiError::InvalidProof { provider, detail } => (
                 StatusCode::UNAUTHORIZED,
                 ErrorResponse {
@@ -161,46 +198,52 @@ impl IntoResponse for ApiError {
                 instance_id,
                 requested,
                 names,
-            } => (
-                StatusCode::NOT_FOUND,
-                ErrorResponse {
-                    agent_names: Some(names),
-                    ..body(match requested {
-                        Some(name) => format!(
-                            "No agent found with instance ID \"{instance_id}\" and name \"{name}\"."
+                retry_after: after,
+            } => {
+                retry_after = Some(after);
+                (
+                    StatusCode::NOT_FOUND,
+                    ErrorResponse {
+                        agent_names: Some(names),
+                        ..body(match requested {
+                            Some(name) => format!(
+                                "No agent found with instance ID \"{instance_id}\" and name \"{name}\"."
+                            ),
+                            None => format!("Instance with id \"{instance_id}\" not found."),
+                        })
+                    },
+                )
+            }
+            ApiError::Conflict {
+                instance_id,
+                names,
+                retry_after: after,
+            } => {
+                retry_after = Some(after);
+                (
+                    StatusCode::CONFLICT,
+                    ErrorResponse {
+                        message: format!(
+                            "Multiple agents found with instance ID \"{instance_id}\". Set CODER_AGENT_NAME to one of: {}",
+                            names.join(", ")
                         ),
-                        None => format!("Instance with id \"{instance_id}\" not found."),
-                    })
-                },
-            ),
-            ApiError::Conflict { instance_id, names } => (
-                StatusCode::CONFLICT,
-                ErrorResponse {
-                    message: format!(
-                        "Multiple agents found with instance ID \"{instance_id}\". Set CODER_AGENT_NAME to one of: {}",
-                        names.join(", ")
-                    ),
-                    agent_names: Some(names),
-                    ..Default::default()
-                },
-            ),
+                        agent_names: Some(names),
+                        ..Default::default()
+                    },
+                )
+            }
             ApiError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, body(why)),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, body(what)),
-            ApiError::RateLimited { retry_after } => {
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, retry_after.to_string())],
-                    Json(body("Rate limit exceeded.")),
-                )
-                    .into_response()
+            ApiError::RateLimited { retry_after: after } => {
+                retry_after = Some(after);
+                (StatusCode::TOO_MANY_REQUESTS, body("Rate limit exceeded."))
             }
             ApiError::Unavailable => {
-                return (
+                retry_after = Some(5);
+                (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, "5")],
-                    Json(body("Database unavailable.")),
+                    body("Database unavailable."),
                 )
-                    .into_response()
             }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "Request failed with an internal error.");
@@ -210,6 +253,12 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }

@@ -190,8 +190,13 @@ async fn exchange<R>(
                 instance_id,
                 requested,
                 names,
+                retry_after: state.inner.retry_after,
             }),
-            Decision::Conflict { names } => Err(ApiError::Conflict { instance_id, names }),
+            Decision::Conflict { names } => Err(ApiError::Conflict {
+                instance_id,
+                names,
+                retry_after: state.inner.retry_after,
+            }),
         }
     }
     .await;
@@ -221,7 +226,9 @@ async fn exchange<R>(
     }
     match result {
         Ok(c) => {
-            let expires = chrono::Utc::now() + state.inner.session_ttl;
+            let expires = chrono::Utc::now()
+                .checked_add_signed(state.inner.session_ttl)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
             let token = state
                 .inner
                 .sessions

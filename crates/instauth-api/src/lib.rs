@@ -13,6 +13,7 @@ pub mod extract;
 pub mod metrics;
 mod ops;
 pub mod ratelimit;
+pub mod serve;
 pub mod session;
 pub mod verifiers;
 
@@ -46,6 +47,21 @@ pub struct ApiConfig {
     pub admin_token: String,
     /// Exchange requests per second per client address (bursts of twice that); 0 disables.
     pub exchange_rate_limit: u32,
+    /// `Retry-After` of 404 and 409 exchange answers (`--retry-after`).
+    pub retry_after: Duration,
+}
+
+impl Default for ApiConfig {
+    /// The server's defaults (SPEC §6), with an empty admin token (no admin request passes).
+    fn default() -> Self {
+        ApiConfig {
+            session_ttl: Duration::from_secs(24 * 3600),
+            heartbeat_interval: Duration::from_secs(15),
+            admin_token: String::new(),
+            exchange_rate_limit: 50,
+            retry_after: Duration::from_secs(5),
+        }
+    }
 }
 
 struct Shared {
@@ -59,6 +75,10 @@ struct Shared {
     audit: AuditSink,
     audit_store: Store,
     limiter: ratelimit::RateLimiter,
+    /// Seconds of `Retry-After` on 404/409 exchange answers.
+    retry_after: u64,
+    /// When a token naming an unknown key last made us read the keys (throttles reloads).
+    keys_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -94,16 +114,17 @@ impl AppState {
         verifiers: Verifiers,
         config: ApiConfig,
     ) -> Result<(AppState, AuditWriter), StoreError> {
-        let secret = store
-            .server_secret("session-hmac", session::random_secret)
-            .await?;
+        let keys = store.session_keys(session::random_secret).await?;
+        let sessions = session::SessionSigner::new(&keys).ok_or_else(|| {
+            StoreError::Corrupt("the database holds no session signing key".into())
+        })?;
         let audit_store = store.sibling(2).await?;
         let (sink, writer) = audit::start(audit_store.clone());
         let state = AppState {
             inner: Arc::new(Shared {
                 store,
                 verifiers,
-                sessions: session::SessionSigner::new(&secret),
+                sessions,
                 admin_token_hash: token_hash(&config.admin_token),
                 session_ttl: chrono_duration(config.session_ttl),
                 heartbeat_interval: chrono_duration(config.heartbeat_interval),
@@ -111,9 +132,33 @@ impl AppState {
                 audit: sink,
                 audit_store,
                 limiter: ratelimit::RateLimiter::new(config.exchange_rate_limit),
+                retry_after: config.retry_after.as_secs().max(1),
+                keys_reloaded: std::sync::Mutex::new(None),
             }),
         };
+        tokio::spawn(maintain_session_keys(Arc::downgrade(&state.inner)));
         Ok((state, writer))
+    }
+
+    /// Reads the session keys again, unless that was done less than a second ago (a token naming
+    /// an unknown key cannot make every request hit the database). Returns whether it read.
+    pub async fn reload_session_keys(&self) -> Result<bool, StoreError> {
+        {
+            let Ok(mut last) = self.inner.keys_reloaded.lock() else {
+                return Ok(false);
+            };
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(false);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let keys = self
+            .inner
+            .store
+            .session_keys(session::random_secret)
+            .await?;
+        self.inner.sessions.reload(&keys);
+        Ok(true)
     }
 
     /// The store.
@@ -130,6 +175,29 @@ impl AppState {
     /// Waits until queued audit records are written.
     pub async fn flush_audit(&self) {
         self.inner.audit.flush().await
+    }
+}
+
+/// Every minute: picks up keys rotated by another process, and deletes retired keys once no
+/// token they signed can still be unexpired. Ends when the state is dropped.
+async fn maintain_session_keys(state: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = state.upgrade() else {
+            return;
+        };
+        let before = instauth_store::now() - shared.session_ttl;
+        match shared.store.drop_retired_session_keys(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "Dropped retired session keys."),
+            Err(e) => tracing::warn!(error = %e, "Dropping retired session keys failed."),
+        }
+        match shared.store.session_keys(session::random_secret).await {
+            Ok(keys) => shared.sessions.reload(&keys),
+            Err(e) => tracing::warn!(error = %e, "Reloading session keys failed."),
+        }
     }
 }
 
@@ -197,5 +265,6 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(ops::routes())
         .fallback(|| async { ApiError::NotFound("No such endpoint.".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
 }

@@ -58,9 +58,9 @@ async fn router_serves_every_listed_route() {
         verifiers,
         ApiConfig {
             session_ttl: Duration::from_secs(60),
-            heartbeat_interval: Duration::from_secs(15),
             admin_token: "t".into(),
             exchange_rate_limit: 0,
+            ..ApiConfig::default()
         },
     )
     .await

@@ -3,7 +3,6 @@
 //! audit, metrics and the database round trips per exchange.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,9 +62,9 @@ async fn start(backend: TestBackend, session_ttl: Duration) -> Srv {
         verifiers(&pki),
         ApiConfig {
             session_ttl,
-            heartbeat_interval: Duration::from_secs(15),
             admin_token: ADMIN.into(),
             exchange_rate_limit: RATE,
+            ..ApiConfig::default()
         },
     )
     .await
@@ -74,17 +73,14 @@ async fn start(backend: TestBackend, session_ttl: Duration) -> Srv {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
+    tokio::spawn(instauth_api::serve::serve(
+        listener,
+        app,
+        instauth_api::serve::ServeConfig::default(),
+        async {
             let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
+        },
+    ));
     Srv {
         url,
         http: reqwest::Client::new(),
@@ -743,9 +739,9 @@ async fn over_the_rate_limit_gets_429() {
         verifiers(&pki()),
         ApiConfig {
             session_ttl: Duration::from_secs(60),
-            heartbeat_interval: Duration::from_secs(15),
             admin_token: ADMIN.into(),
             exchange_rate_limit: 1,
+            ..ApiConfig::default()
         },
     )
     .await
@@ -753,14 +749,12 @@ async fn over_the_rate_limit_gets_429() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = instauth_api::router(state.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
+    tokio::spawn(instauth_api::serve::serve(
+        listener,
+        app,
+        instauth_api::serve::ServeConfig::default(),
+        std::future::pending(),
+    ));
     let http = reqwest::Client::new();
     let post = || {
         http.post(format!(

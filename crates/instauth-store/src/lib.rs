@@ -61,6 +61,7 @@ mod agents;
 mod audit;
 mod builds;
 pub mod error;
+pub mod files;
 mod insert;
 mod keys;
 pub mod model;
@@ -74,6 +75,7 @@ mod workspaces;
 
 pub use error::StoreError;
 pub use instauth_types::{AgentAuth, LifecycleState, Provider};
+pub use keys::SessionKey;
 pub use model::*;
 pub use pool::DatabaseConfig;
 pub use validate::{validate_build, ValidAgent, ValidBuild};

@@ -52,10 +52,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    server_keys (name) {
-        name -> Text,
+    session_keys (id) {
+        id -> Integer,
         secret -> Binary,
         created_at -> Timestamp,
+        retired_at -> Nullable<Timestamp>,
     }
 }
 
@@ -79,5 +80,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     workspace_resources,
     workspace_agents,
     audit_log,
-    server_keys,
+    session_keys,
 );

@@ -407,18 +407,32 @@ backend_test!(
     }
 );
 
-backend_test!(server_secret_is_created_once, |store| async move {
-    let a = store
-        .server_secret("session", || vec![1; 32])
-        .await
-        .unwrap();
-    let b = store
-        .server_secret("session", || vec![2; 32])
-        .await
-        .unwrap();
-    assert_eq!(a, vec![1; 32]);
-    assert_eq!(b, a);
-});
+backend_test!(
+    session_keys_are_created_once_rotated_and_dropped,
+    |store| async move {
+        let a = store.session_keys(|| vec![1; 32]).await.unwrap();
+        let b = store.session_keys(|| vec![2; 32]).await.unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!((a[0].id, &a[0].secret), (1, &vec![1; 32]));
+        assert_eq!(b, a, "the first key wins on every replica");
+        assert!(
+            !format!("{:?}", a[0]).contains("[1, 1"),
+            "Debug hides the secret"
+        );
+
+        assert_eq!(store.rotate_session_key(vec![3; 32]).await.unwrap(), 2);
+        let keys = store.session_keys(|| vec![9; 32]).await.unwrap();
+        assert_eq!(keys.iter().map(|k| k.id).collect::<Vec<_>>(), [2, 1]);
+        assert!(keys[0].retired_at.is_none(), "the new key signs");
+        let retired = keys[1].retired_at.unwrap();
+
+        assert_eq!(store.drop_retired_session_keys(retired).await.unwrap(), 0);
+        let later = retired + Duration::seconds(1);
+        assert_eq!(store.drop_retired_session_keys(later).await.unwrap(), 1);
+        let keys = store.session_keys(|| vec![9; 32]).await.unwrap();
+        assert_eq!(keys.iter().map(|k| k.id).collect::<Vec<_>>(), [2]);
+    }
+);
 
 /// PostgreSQL tests never skip: an unreachable server fails them with instructions.
 #[tokio::test]

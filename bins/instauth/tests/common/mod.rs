@@ -1,15 +1,18 @@
 //! Running the real `instauth` binary in tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A running `instauth server`, killed on drop if still running.
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// What the server wrote to stderr so far, when started with [`Server::start_logged`].
+    pub log: Arc<Mutex<String>>,
 }
 
 /// The `instauth` command with a clean environment for data directories.
@@ -25,9 +28,34 @@ pub fn instauth(home: &Path) -> Command {
 
 impl Server {
     /// Starts `cmd` (an `instauth server ...` command) and waits for its "listening on" line.
-    pub fn start(mut cmd: Command) -> Server {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    pub fn start(cmd: Command) -> Server {
+        Server::spawn(cmd, false)
+    }
+
+    /// Like [`Server::start`], keeping stderr in [`Server::log`] (and echoing it).
+    pub fn start_logged(cmd: Command) -> Server {
+        Server::spawn(cmd, true)
+    }
+
+    fn spawn(mut cmd: Command, logged: bool) -> Server {
+        cmd.stdout(Stdio::piped()).stderr(if logged {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
         let mut child = cmd.spawn().expect("spawn instauth");
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
@@ -45,7 +73,19 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
+        Server { child, url, log }
+    }
+
+    /// Waits (at most 10 s) until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Sends SIGTERM and returns the exit status.

@@ -1,0 +1,6 @@
+CREATE TABLE server_keys (
+    name TEXT PRIMARY KEY,
+    secret BLOB NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+DROP TABLE session_keys;
