@@ -111,6 +111,7 @@ pub fn private_sqlite(db: &Path) -> Result<Vec<Tightened>, PermissionError> {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
