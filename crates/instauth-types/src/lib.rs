@@ -3,6 +3,8 @@
 //! Field names follow Coder's agent-auth API (`/api/v2/...`) so that Coder-style templates and
 //! agents work unchanged. This crate performs no IO.
 
+pub mod routes;
+
 use serde::{Deserialize, Serialize};
 
 mod vocabulary;
