@@ -229,6 +229,8 @@ pub struct WorkspaceInfo {
 /// One record of `GET /api/v2/audit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// Increasing record id: the cursor of `GET /api/v2/audit?after=ID`.
+    pub id: i64,
     /// When (RFC 3339, UTC).
     pub time: chrono::DateTime<chrono::Utc>,
     /// `aws`, `azure` or `gcp`.
