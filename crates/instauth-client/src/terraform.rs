@@ -1,0 +1,705 @@
+//! A build (`POST /api/v2/workspaces/{workspace}/builds`) from a Terraform state, as
+//! `terraform show -json` prints it (Terraform's "JSON Output Format", `format_version` 1.x:
+//! `values.root_module.resources` and nested `child_modules`, each resource with `address`,
+//! `mode`, `type`, `name`, `index` and `values`).
+//!
+//! The rules follow Coder's provisioner where the state tells:
+//! - every managed `coder_agent` is an agent named after the resource's `name` (not its `index`:
+//!   a `count` or `for_each` of two agents is a duplicate name, as in Coder, which compares names
+//!   without case); `auth` from its `auth` attribute (absent: `token`, the provider's default);
+//! - compute resources are `aws_instance` (instance ID from `id`), `google_compute_instance`
+//!   (`instance_id`), `azurerm_linux_virtual_machine` and `azurerm_windows_virtual_machine`
+//!   (`virtual_machine_id`); each is a resource of the build (named by its `name`, or by its
+//!   address where two would share a name), with or without agents;
+//! - an agent with instance identity auth takes the `instance_id` of the `coder_agent_instance`
+//!   whose `agent_id` is its `id`, and sits on the resource holding that instance ID; without such
+//!   a link it sits on the state's only compute resource and takes its instance ID;
+//! - a token agent sits on the resource its `coder_agent_instance` names (Coder ignores the
+//!   instance ID of token agents, and so does this import), else on the only compute resource;
+//! - an agent with no resource to sit on gets one of its own, named after the agent's address,
+//!   of type `coder_agent` (Coder places it by the dependency graph, which the state lacks);
+//! - every `coder_devcontainer` is a sub-agent, named after the resource (Coder's name for a dev
+//!   container's agent unless devcontainer.json's `customizations.coder.name` overrides it at run
+//!   time, which no state can tell), with token auth, on the resource of the agent its `agent_id`
+//!   names, which is its parent.
+//!
+//! Every problem is reported at once, each with the address of the resource at fault. Attribute
+//! values are never echoed except names, `auth` and instance IDs: a state holds secrets (the
+//! agents' `token` among them).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use instauth_types::{AgentSpec, BuildRequest, ResourceSpec};
+use serde_json::{Map, Value};
+
+/// Largest state read.
+pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+
+/// One thing wrong with a state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// The address of the resource at fault (`module.vm.coder_agent.dev[1]`), or the JSON path
+    /// of a malformed part, or empty for the document as a whole.
+    pub address: String,
+    /// What is wrong and, where it helps, what to do.
+    pub detail: String,
+}
+
+impl Problem {
+    fn new(address: impl Into<String>, detail: impl Into<String>) -> Problem {
+        Problem {
+            address: address.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.address.is_empty() {
+            f.write_str(&self.detail)
+        } else {
+            write!(f, "{}: {}", self.address, self.detail)
+        }
+    }
+}
+
+/// Why a state could not become a build.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// Over [`MAX_STATE_BYTES`].
+    #[error("the state is larger than {MAX_STATE_BYTES} bytes")]
+    TooLarge,
+    /// Not JSON at all (the message names a line and column, never content).
+    #[error("the state is not JSON: {0}")]
+    Json(String),
+    /// JSON, but with problems, all of them listed.
+    #[error("{}", problems_message(.0))]
+    Problems(Vec<Problem>),
+}
+
+fn problems_message(problems: &[Problem]) -> String {
+    let n = problems.len();
+    let mut out = format!(
+        "{n} problem{} in the Terraform state:",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&crate::render::escape_controls(&p.to_string()));
+    }
+    out
+}
+
+/// Authentication methods of a `coder_agent`, as the provider spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Token,
+    Aws,
+    Azure,
+    Google,
+}
+
+impl Auth {
+    const ALL: [Auth; 4] = [Auth::Token, Auth::Aws, Auth::Azure, Auth::Google];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Auth::Token => "token",
+            Auth::Aws => "aws-instance-identity",
+            Auth::Azure => "azure-instance-identity",
+            Auth::Google => "google-instance-identity",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Auth> {
+        Auth::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    fn cloud(self) -> &'static str {
+        match self {
+            Auth::Token => "token",
+            Auth::Aws => "an AWS",
+            Auth::Azure => "an Azure",
+            Auth::Google => "a GCP",
+        }
+    }
+}
+
+/// Compute resource types whose instance ID is read from the state: (type, attribute, the auth
+/// that proves such an instance).
+const COMPUTE: &[(&str, &str, Auth)] = &[
+    ("aws_instance", "id", Auth::Aws),
+    ("google_compute_instance", "instance_id", Auth::Google),
+    (
+        "azurerm_linux_virtual_machine",
+        "virtual_machine_id",
+        Auth::Azure,
+    ),
+    (
+        "azurerm_windows_virtual_machine",
+        "virtual_machine_id",
+        Auth::Azure,
+    ),
+];
+
+/// Where a `coder_agent_instance`'s instance ID is looked for on resources of other types
+/// (`aws_spot_instance_request.spot_instance_id`, a module's own VM type, ...).
+const OTHER_ID_ATTRIBUTES: &[&str] = &[
+    "id",
+    "instance_id",
+    "spot_instance_id",
+    "virtual_machine_id",
+];
+
+/// The instance identity auth methods, for messages.
+const COMPUTE_TYPES: &str = "aws_instance, google_compute_instance, \
+                             azurerm_linux_virtual_machine or azurerm_windows_virtual_machine";
+
+/// A resource of the state.
+#[derive(Debug)]
+struct TfResource<'a> {
+    address: &'a str,
+    mode: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    values: Option<&'a Map<String, Value>>,
+}
+
+impl<'a> TfResource<'a> {
+    fn str_value(&self, key: &str) -> Option<&'a str> {
+        self.values?.get(key)?.as_str()
+    }
+
+    /// A non-empty string attribute, or why not (never its value).
+    fn required(&self, key: &str) -> Result<&'a str, String> {
+        match self.values.and_then(|v| v.get(key)) {
+            None | Some(Value::Null) => Err(format!("`{key}` is missing")),
+            Some(Value::String(s)) if s.is_empty() => Err(format!("`{key}` is empty")),
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(format!("`{key}` is not a string")),
+        }
+    }
+}
+
+/// Reads a resource object; `Err` names the missing field.
+fn resource(v: &Value) -> Result<TfResource<'_>, String> {
+    let field = |key: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("a resource without `{key}`"))
+    };
+    Ok(TfResource {
+        address: field("address")?,
+        mode: field("mode")?,
+        kind: field("type")?,
+        name: field("name")?,
+        values: v.get("values").and_then(Value::as_object),
+    })
+}
+
+/// Appends the resources of `module` and its child modules, depth first in document order.
+fn collect<'a>(
+    module: &'a Value,
+    path: &str,
+    out: &mut Vec<TfResource<'a>>,
+    problems: &mut Vec<Problem>,
+) {
+    if !module.is_object() {
+        problems.push(Problem::new(path, "expected a module object"));
+        return;
+    }
+    match module.get("resources") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for (i, r) in list.iter().enumerate() {
+                match resource(r) {
+                    Ok(r) => out.push(r),
+                    Err(e) => problems.push(Problem::new(format!("{path}.resources[{i}]"), e)),
+                }
+            }
+        }
+        Some(_) => problems.push(Problem::new(
+            format!("{path}.resources"),
+            "expected an array",
+        )),
+    }
+    match module.get("child_modules") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for (i, child) in list.iter().enumerate() {
+                let child_path = child
+                    .get("address")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("{path}.child_modules[{i}]"), str::to_owned);
+                collect(child, &child_path, out, problems);
+            }
+        }
+        Some(_) => problems.push(Problem::new(
+            format!("{path}.child_modules"),
+            "expected an array",
+        )),
+    }
+}
+
+/// Agent names as the server accepts them: `[a-zA-Z0-9_-]{1,64}`.
+fn valid_agent_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+/// A user-supplied string fit for a message: bounded and quoted.
+fn quoted(s: &str) -> String {
+    let short: String = s.chars().take(64).collect();
+    format!("{short:?}")
+}
+
+fn one(address: &str, detail: impl Into<String>) -> ImportError {
+    ImportError::Problems(vec![Problem::new(address, detail)])
+}
+
+/// The build described by `state`, the output of `terraform show -json`.
+pub fn build_request(state: &[u8]) -> Result<BuildRequest, ImportError> {
+    if state.len() > MAX_STATE_BYTES {
+        return Err(ImportError::TooLarge);
+    }
+    // Into a `Value` first: its errors are syntax errors with a position, whereas typed
+    // deserialisation would quote mismatched values, and values may be secrets.
+    let doc: Value = serde_json::from_slice(state).map_err(|e| ImportError::Json(e.to_string()))?;
+    let Some(top) = doc.as_object() else {
+        return Err(one(
+            "",
+            "expected a JSON object, the output of `terraform show -json`",
+        ));
+    };
+    match top.get("format_version").and_then(Value::as_str) {
+        Some(v) if v.split('.').next() == Some("1") => {}
+        Some(v) => {
+            return Err(one(
+                "format_version",
+                format!("{} is not supported: this import reads 1.x", quoted(v)),
+            ))
+        }
+        None if top.contains_key("version") && top.contains_key("resources") => {
+            return Err(one(
+                "",
+                "this is a raw state file (terraform.tfstate); import what \
+                 `terraform show -json` prints",
+            ))
+        }
+        None => {
+            return Err(one(
+                "",
+                "no format_version: not the output of `terraform show -json`",
+            ))
+        }
+    }
+    let root = match top.get("values").and_then(|v| v.get("root_module")) {
+        Some(root) => root,
+        None if top.contains_key("planned_values") => {
+            return Err(one(
+                "",
+                "this is a plan; after `terraform apply`, import the state: \
+                 `terraform show -json > state.json`",
+            ))
+        }
+        None => {
+            return Err(one(
+                "",
+                "the state holds no resources: run `terraform apply` first",
+            ))
+        }
+    };
+    let mut resources = Vec::new();
+    let mut problems = Vec::new();
+    collect(root, "values.root_module", &mut resources, &mut problems);
+    // Data sources (`data.coder_workspace.me`) describe, they are not resources of a build.
+    resources.retain(|r| r.mode == "managed");
+    let build = Import::new(&resources, &mut problems).build();
+    if problems.is_empty() {
+        Ok(build)
+    } else {
+        problems.sort();
+        problems.dedup();
+        Err(ImportError::Problems(problems))
+    }
+}
+
+struct Agent<'s, 'a> {
+    res: &'s TfResource<'a>,
+    id: Option<&'a str>,
+    auth: Option<Auth>,
+}
+
+struct Compute<'s, 'a> {
+    res: &'s TfResource<'a>,
+    auth: Auth,
+    instance_id: Result<&'a str, String>,
+}
+
+/// Where an agent goes.
+#[derive(Clone, Copy)]
+enum Slot<'s, 'a> {
+    /// On a resource of the state.
+    Resource(&'s TfResource<'a>),
+    /// On a resource of its own.
+    Own(&'s TfResource<'a>),
+}
+
+impl Slot<'_, '_> {
+    fn key(&self) -> String {
+        match self {
+            Slot::Resource(r) => r.address.to_owned(),
+            Slot::Own(a) => format!("own:{}", a.address),
+        }
+    }
+}
+
+struct Import<'s, 'a, 'p> {
+    resources: &'s [TfResource<'a>],
+    problems: &'p mut Vec<Problem>,
+    agents: Vec<Agent<'s, 'a>>,
+    compute: Vec<Compute<'s, 'a>>,
+    /// agent id -> (link address, instance ID)
+    links: HashMap<&'a str, (&'a str, &'a str)>,
+}
+
+impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
+    fn new(resources: &'s [TfResource<'a>], problems: &'p mut Vec<Problem>) -> Self {
+        let mut import = Import {
+            resources,
+            problems,
+            agents: Vec::new(),
+            compute: Vec::new(),
+            links: HashMap::new(),
+        };
+        import.read_agents();
+        import.read_compute();
+        import.read_links();
+        import
+    }
+
+    fn problem(&mut self, address: &str, detail: impl Into<String>) {
+        self.problems.push(Problem::new(address, detail));
+    }
+
+    fn of_kind(&self, kind: &'s str) -> impl Iterator<Item = &'s TfResource<'a>> + 's {
+        self.resources.iter().filter(move |r| r.kind == kind)
+    }
+
+    fn read_agents(&mut self) {
+        let found: Vec<_> = self.of_kind("coder_agent").collect();
+        for res in found {
+            let auth = match res.values.and_then(|v| v.get("auth")) {
+                // The provider's default.
+                None | Some(Value::Null) => Some(Auth::Token),
+                Some(Value::String(s)) => {
+                    let auth = Auth::parse(s);
+                    if auth.is_none() {
+                        self.problem(
+                            res.address,
+                            format!(
+                                "auth {} is not one of token, aws-instance-identity, \
+                                 azure-instance-identity, google-instance-identity",
+                                quoted(s)
+                            ),
+                        );
+                    }
+                    auth
+                }
+                Some(_) => {
+                    self.problem(res.address, "`auth` is not a string");
+                    None
+                }
+            };
+            self.agents.push(Agent {
+                res,
+                id: res.str_value("id").filter(|s| !s.is_empty()),
+                auth,
+            });
+        }
+        if self.agents.is_empty() {
+            self.problem(
+                "",
+                "the state holds no coder_agent resource: there is nothing to authenticate",
+            );
+        }
+    }
+
+    fn read_compute(&mut self) {
+        for res in self.resources {
+            if let Some((_, key, auth)) = COMPUTE.iter().find(|(kind, _, _)| *kind == res.kind) {
+                self.compute.push(Compute {
+                    res,
+                    auth: *auth,
+                    instance_id: res.required(key).map_err(|e| {
+                        format!("{e}: the instance ID of {} is read from it", res.kind)
+                    }),
+                });
+            }
+        }
+    }
+
+    fn read_links(&mut self) {
+        let found: Vec<_> = self.of_kind("coder_agent_instance").collect();
+        for link in found {
+            let agent_id = link.required("agent_id");
+            let instance_id = link.required("instance_id");
+            let (agent_id, instance_id) = match (agent_id, instance_id) {
+                (Ok(a), Ok(i)) => (a, i),
+                (a, i) => {
+                    for e in [a.err(), i.err()].into_iter().flatten() {
+                        self.problem(link.address, e);
+                    }
+                    continue;
+                }
+            };
+            if !self.agents.iter().any(|a| a.id == Some(agent_id)) {
+                self.problem(link.address, "agent_id matches no coder_agent in the state");
+                continue;
+            }
+            match self.links.get(agent_id) {
+                Some((first, earlier)) if *earlier != instance_id => {
+                    let first = first.to_string();
+                    self.problem(
+                        link.address,
+                        format!("links the same coder_agent as {first} to another instance"),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.links.insert(agent_id, (link.address, instance_id));
+                }
+            }
+        }
+    }
+
+    /// The resource holding `instance_id`: a compute resource, else any other resource with it
+    /// in one of [`OTHER_ID_ATTRIBUTES`].
+    fn holder_of(&self, instance_id: &str) -> Option<&'s TfResource<'a>> {
+        if let Some(c) = self
+            .compute
+            .iter()
+            .find(|c| c.instance_id.as_deref() == Ok(instance_id))
+        {
+            return Some(c.res);
+        }
+        self.resources.iter().find(|r| {
+            !r.kind.starts_with("coder_")
+                && OTHER_ID_ATTRIBUTES
+                    .iter()
+                    .any(|key| r.str_value(key) == Some(instance_id))
+        })
+    }
+
+    /// Where an agent goes and which instance ID it gets; `None` after reporting why not.
+    fn place(
+        &mut self,
+        agent: &Agent<'s, 'a>,
+        auth: Auth,
+    ) -> Option<(Slot<'s, 'a>, Option<String>)> {
+        let link = agent.id.and_then(|id| self.links.get(id).copied());
+        if auth == Auth::Token {
+            let slot = match (link, self.compute.as_slice()) {
+                (Some((_, iid)), _) => self
+                    .holder_of(iid)
+                    .map_or(Slot::Own(agent.res), Slot::Resource),
+                (None, [only]) => Slot::Resource(only.res),
+                (None, _) => Slot::Own(agent.res),
+            };
+            return Some((slot, None));
+        }
+        let (slot, instance_id) = match (link, self.compute.as_slice()) {
+            (Some((_, iid)), _) => (
+                self.holder_of(iid)
+                    .map_or(Slot::Own(agent.res), Slot::Resource),
+                Ok(iid),
+            ),
+            (None, [only]) => (
+                Slot::Resource(only.res),
+                only.instance_id
+                    .clone()
+                    .map_err(|e| Problem::new(only.res.address, e)),
+            ),
+            (None, []) => {
+                self.problems.push(Problem::new(
+                    agent.res.address,
+                    format!(
+                        "auth {} needs an instance, but the state holds no compute resource \
+                         ({COMPUTE_TYPES}) and no coder_agent_instance links this agent",
+                        auth.as_str()
+                    ),
+                ));
+                return None;
+            }
+            (None, many) => {
+                let names: Vec<&str> = many.iter().map(|c| c.res.address).collect();
+                self.problems.push(Problem::new(
+                    agent.res.address,
+                    format!(
+                        "auth {} needs an instance, but the state holds {} compute resources \
+                         ({}) and no coder_agent_instance links this agent to one",
+                        auth.as_str(),
+                        many.len(),
+                        names.join(", ")
+                    ),
+                ));
+                return None;
+            }
+        };
+        // An instance of another cloud can never produce a proof this agent's auth accepts.
+        let mut fits = true;
+        if let Slot::Resource(res) = slot {
+            if let Some(c) = self.compute.iter().find(|c| std::ptr::eq(c.res, res)) {
+                if c.auth != auth {
+                    fits = false;
+                    self.problems.push(Problem::new(
+                        agent.res.address,
+                        format!(
+                            "auth {} cannot be proved by {}, {} instance",
+                            auth.as_str(),
+                            res.address,
+                            c.auth.cloud()
+                        ),
+                    ));
+                }
+            }
+        }
+        match instance_id {
+            Ok(iid) => fits.then(|| (slot, Some(iid.to_owned()))),
+            Err(problem) => {
+                self.problems.push(problem);
+                None
+            }
+        }
+    }
+
+    fn check_names(&mut self) {
+        let named: Vec<&TfResource<'a>> = self
+            .agents
+            .iter()
+            .map(|a| a.res)
+            .chain(self.of_kind("coder_devcontainer"))
+            .collect();
+        // Coder compares agent names without case: `Dev` and `dev` would be one agent there.
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for res in named {
+            if !valid_agent_name(res.name) {
+                self.problem(
+                    res.address,
+                    "the name must match [a-zA-Z0-9_-]{1,64} to be an agent name",
+                );
+                continue;
+            }
+            match seen.get(&res.name.to_ascii_lowercase()) {
+                Some(first) => {
+                    let detail =
+                        format!("duplicate agent name {} (also {first})", quoted(res.name));
+                    self.problem(res.address, detail);
+                }
+                None => {
+                    seen.insert(res.name.to_ascii_lowercase(), res.address);
+                }
+            }
+        }
+    }
+
+    fn build(mut self) -> BuildRequest {
+        self.check_names();
+        // Slots in order: compute resources as the state lists them, then the others as agents
+        // are placed on them.
+        let mut slots: Vec<(Slot<'s, 'a>, Vec<AgentSpec>)> = self
+            .compute
+            .iter()
+            .map(|c| (Slot::Resource(c.res), Vec::new()))
+            .collect();
+        let mut index: HashMap<String, usize> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| (s.key(), i))
+            .collect();
+        // agent id -> (name, slot index), for sub-agents.
+        let mut parents: HashMap<&'a str, (&'a str, usize)> = HashMap::new();
+        let agents = std::mem::take(&mut self.agents);
+        for agent in &agents {
+            let Some(auth) = agent.auth else { continue };
+            let Some((slot, instance_id)) = self.place(agent, auth) else {
+                continue;
+            };
+            let i = *index.entry(slot.key()).or_insert_with(|| {
+                slots.push((slot, Vec::new()));
+                slots.len() - 1
+            });
+            slots[i].1.push(AgentSpec {
+                name: agent.res.name.to_owned(),
+                auth: auth.as_str().to_owned(),
+                instance_id,
+                parent: None,
+            });
+            if let Some(id) = agent.id {
+                parents.insert(id, (agent.res.name, i));
+            }
+        }
+        let containers: Vec<_> = self.of_kind("coder_devcontainer").collect();
+        for dc in containers {
+            let parent = match dc.required("agent_id") {
+                Ok(id) => match parents.get(id) {
+                    Some(p) => Some(*p),
+                    None if agents.iter().any(|a| a.id == Some(id)) => None,
+                    None => {
+                        self.problem(dc.address, "agent_id matches no coder_agent in the state");
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.problem(dc.address, e);
+                    None
+                }
+            };
+            // A parent that could not be placed has its own problem reported already.
+            let Some((parent, i)) = parent else { continue };
+            slots[i].1.push(AgentSpec {
+                name: dc.name.to_owned(),
+                auth: Auth::Token.as_str().to_owned(),
+                instance_id: None,
+                parent: Some(parent.to_owned()),
+            });
+        }
+        self.resources_of(slots)
+    }
+
+    /// Names the slots: a resource's `name`, or its address where two would share a name; an
+    /// agent's own resource after the agent's address (which no compute resource shares).
+    fn resources_of(&self, slots: Vec<(Slot<'s, 'a>, Vec<AgentSpec>)>) -> BuildRequest {
+        let tentative = |s: &Slot<'s, 'a>| match s {
+            Slot::Resource(r) => r.name,
+            Slot::Own(a) => a.address,
+        };
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for (s, _) in &slots {
+            *count.entry(tentative(s)).or_default() += 1;
+        }
+        BuildRequest {
+            resources: slots
+                .into_iter()
+                .map(|(slot, agents)| {
+                    let (name, kind) = match slot {
+                        Slot::Resource(r) if count.get(r.name) == Some(&1) => (r.name, r.kind),
+                        Slot::Resource(r) => (r.address, r.kind),
+                        Slot::Own(a) => (a.address, "coder_agent"),
+                    };
+                    ResourceSpec {
+                        name: name.to_owned(),
+                        resource_type: kind.to_owned(),
+                        agents,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
