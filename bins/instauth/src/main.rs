@@ -35,6 +35,8 @@ enum Command {
     /// Manage workspaces through the admin API.
     #[command(subcommand)]
     Workspaces(workspaces::Command),
+    /// Show exchange attempts from the audit log, or follow it.
+    Audit(workspaces::AuditArgs),
     /// Inspect instance identity proofs.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -265,6 +267,7 @@ async fn main() -> ExitCode {
         Command::Server(args) => server(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Workspaces(cmd) => workspaces::run(cmd).await,
+        Command::Audit(args) => workspaces::audit(args).await,
         Command::Identity(IdentityCommand::Verify(args)) => {
             return identity::run(args).await.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");
