@@ -107,7 +107,7 @@ pub fn workspaces(list: &[WorkspaceInfo]) -> String {
         let agents: Vec<String> = w
             .agents
             .iter()
-            .map(|a| format!("{} ({})", cell(&a.name), cell(&a.status)))
+            .map(|a| format!("{} ({})", cell(&a.name), a.status))
             .collect();
         rows.push(vec![
             cell(&w.name),
@@ -136,11 +136,11 @@ pub fn workspace(w: &WorkspaceInfo) -> String {
         rows.push(vec![
             cell(&a.name),
             cell(&a.resource_name),
-            cell(&a.auth),
+            a.auth.to_string(),
             or_dash(a.instance_id.as_deref()),
             or_dash(a.parent.as_deref()),
-            cell(&a.status),
-            cell(&a.lifecycle_state),
+            a.status.to_string(),
+            a.lifecycle_state.to_string(),
             time(a.last_connected_at),
         ]);
     }
@@ -154,24 +154,25 @@ pub fn workspace(w: &WorkspaceInfo) -> String {
 
 /// Minimum audit column widths, so that lines printed one by one (`--follow`) line up under the
 /// header: id, time (RFC 3339 to the second), provider, outcome, instance (AWS 19, GCP 20, Azure
-/// 36), agent, remote address.
-const AUDIT_WIDTHS: [usize; 7] = [6, 20, 8, 12, 20, 12, 21];
+/// 36), agent, remote address; the reason, last, takes what it needs.
+const AUDIT_WIDTHS: [usize; 8] = [6, 20, 8, 12, 20, 12, 21, 0];
 
 fn audit_cells(e: &AuditEntry) -> Vec<String> {
     vec![
         e.id.to_string(),
         time(Some(e.time)),
-        cell(&e.provider),
+        e.provider.to_string(),
         cell(&e.outcome),
         or_dash(Some(&e.instance_id)),
         or_dash(Some(&e.agent_name)),
         cell(&e.remote_addr),
+        or_dash(e.reason.as_deref()),
     ]
 }
 
 fn audit_header_cells() -> Vec<String> {
     [
-        "ID", "TIME", "PROVIDER", "OUTCOME", "INSTANCE", "AGENT", "REMOTE",
+        "ID", "TIME", "PROVIDER", "OUTCOME", "INSTANCE", "AGENT", "REMOTE", "REASON",
     ]
     .map(String::from)
     .to_vec()
@@ -203,12 +204,13 @@ mod tests {
         AuditEntry {
             id,
             time: "2024-05-01T10:00:00Z".parse().unwrap(),
-            provider: "aws".into(),
+            provider: instauth_types::Provider::Aws,
             instance_id: "i-076e9b91f7c420782".into(),
             agent_name: agent_name.into(),
             outcome: "conflict".into(),
             agent_id: None,
             remote_addr: "127.0.0.1:50000".into(),
+            reason: Some("2 candidates".into()),
         }
     }
 
@@ -225,8 +227,8 @@ mod tests {
         );
         assert_eq!(
             table,
-            "ID      TIME                  PROVIDER  OUTCOME       INSTANCE              AGENT         REMOTE\n\
-             7       2024-05-01T10:00:00Z  aws       conflict      i-076e9b91f7c420782   main          127.0.0.1:50000\n"
+            "ID      TIME                  PROVIDER  OUTCOME       INSTANCE              AGENT         REMOTE                 REASON\n\
+             7       2024-05-01T10:00:00Z  aws       conflict      i-076e9b91f7c420782   main          127.0.0.1:50000        2 candidates\n"
         );
         // An empty name or instance shows as "-".
         assert!(audit_line(&entry(8, "")).contains(" -  "));
@@ -250,11 +252,11 @@ mod tests {
                 id: uuid::Uuid::nil(),
                 name: "main".into(),
                 resource_name: "dev".into(),
-                auth: "aws-instance-identity".into(),
+                auth: instauth_types::AgentAuth::AwsInstanceIdentity,
                 instance_id: Some("i-1".into()),
                 parent: None,
-                status: "connected".into(),
-                lifecycle_state: "ready".into(),
+                status: instauth_types::ConnectionStatus::Connected,
+                lifecycle_state: instauth_types::LifecycleState::Ready,
                 first_connected_at: None,
                 last_connected_at: Some("2024-05-01T10:00:05Z".parse().unwrap()),
             }],

@@ -107,7 +107,7 @@ async fn every_admin_call_over_http() {
     assert_eq!(w.agents.len(), 2);
     assert!(w.agents.iter().all(|a| a.resource_name == "dev"
         && a.instance_id.as_deref() == Some("i-076e9b91f7c420782")
-        && a.status == "connecting"));
+        && a.status == instauth_types::ConnectionStatus::Connecting));
     let list = c.list_workspaces().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].name, "alice");

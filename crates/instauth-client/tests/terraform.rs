@@ -116,7 +116,7 @@ fn cases() -> Vec<(&'static str, Expect)> {
                 ("aws_instance.dev", "`id` is missing: the instance ID of aws_instance is read from it"),
                 ("coder_agent.ai", "auth \"oidc\" is not one of token,"),
                 ("coder_agent.dev[1]", "duplicate agent name \"dev\" (also coder_agent.dev[0])"),
-                ("coder_agent.gcp", "auth google-instance-identity cannot be proved by aws_instance.dev, an AWS instance"),
+                ("coder_agent.gcp", "auth google-instance-identity cannot be proved by aws_instance.dev, which runs on AWS"),
                 ("coder_agent.main", "duplicate agent name \"main\" (also coder_agent.Main)"),
                 ("coder_agent_instance.orphan", "agent_id matches no coder_agent in the state"),
                 ("coder_devcontainer.lost", "agent_id matches no coder_agent in the state"),

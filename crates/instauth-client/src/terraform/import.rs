@@ -3,60 +3,25 @@
 
 use std::collections::HashMap;
 
-use instauth_types::{AgentSpec, BuildRequest, ResourceSpec};
+use instauth_types::{AgentAuth, AgentSpec, BuildRequest, Provider, ResourceSpec};
 use serde_json::Value;
 
 use super::{quoted, Problem, TfResource};
 
-/// Authentication methods of a `coder_agent`, as the provider spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Auth {
-    Token,
-    Aws,
-    Azure,
-    Google,
-}
-
-impl Auth {
-    const ALL: [Auth; 4] = [Auth::Token, Auth::Aws, Auth::Azure, Auth::Google];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Auth::Token => "token",
-            Auth::Aws => "aws-instance-identity",
-            Auth::Azure => "azure-instance-identity",
-            Auth::Google => "google-instance-identity",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Auth> {
-        Auth::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
-    fn cloud(self) -> &'static str {
-        match self {
-            Auth::Token => "token",
-            Auth::Aws => "an AWS",
-            Auth::Azure => "an Azure",
-            Auth::Google => "a GCP",
-        }
-    }
-}
-
-/// Compute resource types whose instance ID is read from the state: (type, attribute, the auth
-/// that proves such an instance).
-const COMPUTE: &[(&str, &str, Auth)] = &[
-    ("aws_instance", "id", Auth::Aws),
-    ("google_compute_instance", "instance_id", Auth::Google),
+/// Compute resource types whose instance ID is read from the state: (type, attribute, the cloud
+/// that vouches for such an instance).
+const COMPUTE: &[(&str, &str, Provider)] = &[
+    ("aws_instance", "id", Provider::Aws),
+    ("google_compute_instance", "instance_id", Provider::Gcp),
     (
         "azurerm_linux_virtual_machine",
         "virtual_machine_id",
-        Auth::Azure,
+        Provider::Azure,
     ),
     (
         "azurerm_windows_virtual_machine",
         "virtual_machine_id",
-        Auth::Azure,
+        Provider::Azure,
     ),
 ];
 
@@ -83,12 +48,12 @@ fn valid_agent_name(name: &str) -> bool {
 struct Agent<'s, 'a> {
     res: &'s TfResource<'a>,
     id: Option<&'a str>,
-    auth: Option<Auth>,
+    auth: Option<AgentAuth>,
 }
 
 struct Compute<'s, 'a> {
     res: &'s TfResource<'a>,
-    auth: Auth,
+    provider: Provider,
     instance_id: Result<&'a str, String>,
 }
 
@@ -147,16 +112,16 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
         for res in found {
             let auth = match res.values.and_then(|v| v.get("auth")) {
                 // The provider's default.
-                None | Some(Value::Null) => Some(Auth::Token),
+                None | Some(Value::Null) => Some(AgentAuth::Token),
                 Some(Value::String(s)) => {
-                    let auth = Auth::parse(s);
+                    let auth = s.parse::<AgentAuth>().ok();
                     if auth.is_none() {
                         self.problem(
                             res.address,
                             format!(
-                                "auth {} is not one of token, aws-instance-identity, \
-                                 azure-instance-identity, google-instance-identity",
-                                quoted(s)
+                                "auth {} is not one of {}",
+                                quoted(s),
+                                AgentAuth::NAMES.join(", ")
                             ),
                         );
                     }
@@ -183,10 +148,11 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
 
     fn read_compute(&mut self) {
         for res in self.resources {
-            if let Some((_, key, auth)) = COMPUTE.iter().find(|(kind, _, _)| *kind == res.kind) {
+            if let Some((_, key, provider)) = COMPUTE.iter().find(|(kind, _, _)| *kind == res.kind)
+            {
                 self.compute.push(Compute {
                     res,
-                    auth: *auth,
+                    provider: *provider,
                     instance_id: res.required(key).map_err(|e| {
                         format!("{e}: the instance ID of {} is read from it", res.kind)
                     }),
@@ -251,10 +217,10 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
     fn place(
         &mut self,
         agent: &Agent<'s, 'a>,
-        auth: Auth,
+        auth: AgentAuth,
     ) -> Option<(Slot<'s, 'a>, Option<String>)> {
         let link = agent.id.and_then(|id| self.links.get(id).copied());
-        if auth == Auth::Token {
+        if auth == AgentAuth::Token {
             let slot = match (link, self.compute.as_slice()) {
                 (Some((_, iid)), _) => self
                     .holder_of(iid)
@@ -306,15 +272,15 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
         let mut fits = true;
         if let Slot::Resource(res) = slot {
             if let Some(c) = self.compute.iter().find(|c| std::ptr::eq(c.res, res)) {
-                if c.auth != auth {
+                if auth.provider() != Some(c.provider) {
                     fits = false;
                     self.problems.push(Problem::new(
                         agent.res.address,
                         format!(
-                            "auth {} cannot be proved by {}, {} instance",
+                            "auth {} cannot be proved by {}, which runs on {}",
                             auth.as_str(),
                             res.address,
-                            c.auth.cloud()
+                            c.provider.label()
                         ),
                     ));
                 }
@@ -387,7 +353,7 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
             });
             slots[i].1.push(AgentSpec {
                 name: agent.res.name.to_owned(),
-                auth: auth.as_str().to_owned(),
+                auth: auth.into(),
                 instance_id,
                 parent: None,
             });
@@ -415,7 +381,7 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
             let Some((parent, i)) = parent else { continue };
             slots[i].1.push(AgentSpec {
                 name: dc.name.to_owned(),
-                auth: Auth::Token.as_str().to_owned(),
+                auth: AgentAuth::Token.into(),
                 instance_id: None,
                 parent: Some(parent.to_owned()),
             });
