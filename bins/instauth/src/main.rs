@@ -35,6 +35,8 @@ enum Command {
     /// Manage workspaces through the admin API.
     #[command(subcommand)]
     Workspaces(workspaces::Command),
+    /// Show exchange attempts from the audit log, or follow it.
+    Audit(workspaces::AuditArgs),
     /// Inspect instance identity proofs.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -344,6 +346,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => migrate(args).await,
         Command::Keys(KeysCommand::Rotate(args)) => rotate_keys(args).await,
         Command::Workspaces(cmd) => workspaces::run(cmd).await,
+        Command::Audit(args) => workspaces::audit(args).await,
         Command::Identity(IdentityCommand::Verify(args)) => {
             return identity::run(args).await.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");

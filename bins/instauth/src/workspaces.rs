@@ -1,10 +1,14 @@
-//! `instauth workspaces apply|list|show|delete`: an admin client over the HTTP API.
+//! The admin commands (`instauth workspaces ...`, `instauth audit`): flags and wiring to
+//! `instauth-client`, which holds the HTTP client, the Terraform import and the renderers.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
-use instauth_types::{BuildRequest, BuildResponse, ErrorResponse, WorkspaceInfo};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use instauth_client::{render, terraform, Client, ClientError};
+use instauth_types::BuildRequest;
 
 /// Output format.
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -49,12 +53,20 @@ pub struct ClientArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new build of a workspace (creating the workspace if needed).
+    #[command(group(ArgGroup::new("source").required(true).args(["file", "terraform_state"])))]
     Apply {
         /// Workspace name.
         name: String,
         /// Build JSON: {"resources": [{"name", "type", "agents": [{"name", "auth", "instance_id"?, "parent"?}]}]}
         #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// The JSON `terraform show -json` prints for the workspace's applied template: agents
+        /// from `coder_agent`, instance IDs from the compute resources.
+        #[arg(long, value_name = "FILE")]
+        terraform_state: Option<PathBuf>,
+        /// Print the build body and exit without contacting the server.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -79,11 +91,29 @@ pub enum Command {
     },
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    output: Output,
+/// `instauth audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// How many of the newest records to show (1 to 1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Keep running and print new records as they are written (oldest first; one JSON object
+    /// per line with -o json).
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// How often --follow asks the server for new records.
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    interval: Duration,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err("must be between 100ms and 1h".into());
+    }
+    Ok(d)
 }
 
 impl ClientArgs {
@@ -107,169 +137,121 @@ impl ClientArgs {
                     .to_owned()
             }
         };
-        Ok(Client {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?,
-            url: self.url.trim_end_matches('/').to_owned(),
-            token,
-            output: self.output,
-        })
+        Ok(Client::new(&self.url, &token)?)
     }
 }
 
-impl Client {
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let res = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.url))?;
-        if res.status().is_success() {
-            return Ok(res);
+fn print(output: Output, table: impl FnOnce() -> String, json: impl FnOnce() -> String) {
+    match output {
+        Output::Table => print!("{}", table()),
+        Output::Json => print!("{}", json()),
+    }
+}
+
+/// Reads at most `cap` bytes of `path` (one more tells that it is larger).
+fn read_file(path: &Path, cap: usize) -> anyhow::Result<Vec<u8>> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    file.take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(out)
+}
+
+fn build_body(file: Option<&Path>, state: Option<&Path>) -> anyhow::Result<BuildRequest> {
+    match (file, state) {
+        (Some(file), None) => {
+            let bytes = read_file(file, instauth_api::ADMIN_BODY_LIMIT)?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a build JSON", file.display()))
         }
-        let status = res.status();
-        let text = res.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorResponse>(&text) {
-            Ok(e) => {
-                let mut msg = format!("{status}: {}", e.message);
-                if let Some(d) = e.detail {
-                    msg.push_str(&format!(" ({d})"));
-                }
-                for v in e.validations {
-                    msg.push_str(&format!("\n  {}: {}", v.field, v.detail));
-                }
-                bail!(msg)
-            }
-            Err(_) => bail!("{status}: {text}"),
+        (None, Some(state)) => {
+            let bytes = read_file(state, terraform::MAX_STATE_BYTES)?;
+            terraform::build_request(&bytes)
+                .with_context(|| format!("importing {}", state.display()))
         }
+        // clap's "source" group makes exactly one of them present.
+        _ => bail!("pass either -f BUILD.json or --terraform-state FILE"),
     }
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
-fn table(rows: Vec<Vec<String>>) {
-    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
-        .map(|i| {
-            rows.iter()
-                .map(|r| r.get(i).map_or(0, String::len))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
-
-fn agent_rows(w: &WorkspaceInfo) -> Vec<Vec<String>> {
-    let mut rows = vec![vec![
-        "AGENT".into(),
-        "RESOURCE".into(),
-        "AUTH".into(),
-        "INSTANCE".into(),
-        "PARENT".into(),
-        "STATUS".into(),
-        "LIFECYCLE".into(),
-    ]];
-    for a in &w.agents {
-        rows.push(vec![
-            a.name.clone(),
-            a.resource_name.clone(),
-            a.auth.to_string(),
-            a.instance_id.clone().unwrap_or_default(),
-            a.parent.clone().unwrap_or_default(),
-            a.status.to_string(),
-            a.lifecycle_state.to_string(),
-        ]);
-    }
-    rows
 }
 
 /// Runs a workspace command.
 pub async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Apply { name, file, client } => {
-            let c = client.client()?;
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let body: BuildRequest = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a build JSON", file.display()))?;
-            let res: BuildResponse = c
-                .send(
-                    c.http
-                        .post(format!("{}/api/v2/workspaces/{name}/builds", c.url))
-                        .json(&body),
-                )
-                .await?
-                .json()
-                .await?;
-            match c.output {
-                Output::Json => print_json(&res)?,
-                Output::Table => {
-                    println!("workspace {} build {}", res.workspace, res.build_number);
-                    let mut rows = vec![vec!["AGENT".into(), "ID".into(), "TOKEN".into()]];
-                    for a in res.agents {
-                        rows.push(vec![a.name, a.id.to_string(), a.token.unwrap_or_default()]);
-                    }
-                    table(rows);
-                }
+        Command::Apply {
+            name,
+            file,
+            terraform_state,
+            dry_run,
+            client,
+        } => {
+            let body = build_body(file.as_deref(), terraform_state.as_deref())?;
+            if dry_run {
+                print!("{}", render::json(&body));
+                return Ok(());
             }
+            let res = client.client()?.apply_build(&name, &body).await?;
+            print(client.output, || render::build(&res), || render::json(&res));
         }
         Command::List { client } => {
-            let c = client.client()?;
-            let res: Vec<WorkspaceInfo> = c
-                .send(c.http.get(format!("{}/api/v2/workspaces", c.url)))
-                .await?
-                .json()
-                .await?;
-            match c.output {
-                Output::Json => print_json(&res)?,
-                Output::Table => {
-                    let mut rows = vec![vec!["WORKSPACE".into(), "BUILD".into(), "AGENTS".into()]];
-                    for w in res {
-                        let agents: Vec<String> = w
-                            .agents
-                            .iter()
-                            .map(|a| format!("{} ({})", a.name, a.status))
-                            .collect();
-                        rows.push(vec![w.name, w.build_number.to_string(), agents.join(", ")]);
-                    }
-                    table(rows);
-                }
-            }
+            let res = client.client()?.list_workspaces().await?;
+            print(
+                client.output,
+                || render::workspaces(&res),
+                || render::json(&res),
+            );
         }
         Command::Show { name, client } => {
-            let c = client.client()?;
-            let w: WorkspaceInfo = c
-                .send(c.http.get(format!("{}/api/v2/workspaces/{name}", c.url)))
-                .await?
-                .json()
-                .await?;
-            match c.output {
-                Output::Json => print_json(&w)?,
-                Output::Table => {
-                    println!("workspace {} build {}", w.name, w.build_number);
-                    table(agent_rows(&w));
-                }
-            }
+            let w = client.client()?.workspace(&name).await?;
+            print(client.output, || render::workspace(&w), || render::json(&w));
         }
         Command::Delete { name, client } => {
-            let c = client.client()?;
-            c.send(c.http.delete(format!("{}/api/v2/workspaces/{name}", c.url)))
-                .await?;
-            if let Output::Table = c.output {
-                println!("workspace {name} deleted");
+            client.client()?.delete_workspace(&name).await?;
+            if let Output::Table = client.output {
+                println!("workspace {} deleted", render::escape_controls(&name));
             }
         }
     }
     Ok(())
+}
+
+/// A failure `--follow` outlasts: the server is away or busy for a moment.
+fn transient(e: &ClientError) -> bool {
+    matches!(e, ClientError::Request { .. }) || e.status().is_some_and(|s| s == 429 || s >= 500)
+}
+
+/// Runs `instauth audit`.
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let c = args.client.client()?;
+    let output = args.client.output;
+    let mut entries = c.audit(Some(args.limit)).await?;
+    if !args.follow {
+        print(
+            output,
+            || render::audit(&entries),
+            || render::json(&entries),
+        );
+        return Ok(());
+    }
+    // A tail: oldest first, then each new record as it is written.
+    entries.reverse();
+    if let Output::Table = output {
+        print!("{}", render::audit_header());
+    }
+    let mut last = 0;
+    loop {
+        for e in &entries {
+            print(output, || render::audit_line(e), || render::json_line(e));
+            last = e.id;
+        }
+        tokio::time::sleep(args.interval).await;
+        entries = match c.audit_after(last, Some(1000)).await {
+            Ok(new) => new,
+            Err(e) if transient(&e) => {
+                eprintln!("warning: {e}; retrying");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use instauth_types::{
-    AuthenticateResponse, ErrorResponse, HeartbeatRequest, Manifest, Proof, Provider,
+    routes, AuthenticateResponse, ErrorResponse, HeartbeatRequest, Manifest, Proof, Provider,
     SESSION_TOKEN_HEADER,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -15,9 +15,9 @@ use crate::error::{truncate, Error, Result};
 /// The exchange path for a proof of `provider`.
 pub fn exchange_path(provider: Provider) -> &'static str {
     match provider {
-        Provider::Aws => "/api/v2/workspaceagents/aws-instance-identity",
-        Provider::Azure => "/api/v2/workspaceagents/azure-instance-identity",
-        Provider::Gcp => "/api/v2/workspaceagents/google-instance-identity",
+        Provider::Aws => routes::AWS_INSTANCE_IDENTITY,
+        Provider::Azure => routes::AZURE_INSTANCE_IDENTITY,
+        Provider::Gcp => routes::GOOGLE_INSTANCE_IDENTITY,
     }
 }
 
@@ -162,14 +162,14 @@ impl Client {
 
     /// `GET /api/v2/workspaceagents/me/manifest`.
     pub async fn manifest(&self, token: &str) -> Result<Manifest> {
-        let endpoint = self.endpoint("/api/v2/workspaceagents/me/manifest");
+        let endpoint = self.endpoint(routes::AGENT_MANIFEST);
         let req = self.http.get(&endpoint).header(SESSION_TOKEN_HEADER, token);
         json(send(req, &endpoint).await?, &endpoint).await
     }
 
     /// `POST /api/v2/workspaceagents/me/heartbeat`.
     pub async fn heartbeat(&self, token: &str, state: LifecycleState) -> Result<()> {
-        let endpoint = self.endpoint("/api/v2/workspaceagents/me/heartbeat");
+        let endpoint = self.endpoint(routes::AGENT_HEARTBEAT);
         let req = self
             .http
             .post(&endpoint)

@@ -200,36 +200,65 @@ pub(crate) async fn revoke_sessions(
     }
 }
 
-/// Query of `GET /api/v2/audit`.
+/// Query of `GET /api/v2/audit`, kept as text so each bad parameter is named in the 400.
 #[derive(Deserialize)]
 pub(crate) struct AuditQuery {
-    limit: Option<i64>,
+    limit: Option<String>,
+    after: Option<String>,
 }
 
 /// Default and largest `limit` of `GET /api/v2/audit`.
 pub const AUDIT_LIMIT: (i64, i64) = (100, 1000);
 
-/// `GET /api/v2/audit?limit=N` → newest first.
+/// `GET /api/v2/audit?limit=N` → newest first; with `after=ID`, the records with a larger id,
+/// oldest first (a cursor for following the log).
 pub(crate) async fn audit(
     State(state): State<AppState>,
     _: Admin,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    let limit = match query {
-        Ok(Query(q)) => q.limit.unwrap_or(AUDIT_LIMIT.0),
-        Err(_) => -1,
+    let (limit, after) = match query {
+        Ok(Query(q)) => (q.limit, q.after),
+        Err(_) => (Some(String::new()), None),
     };
-    if !(1..=AUDIT_LIMIT.1).contains(&limit) {
-        return Err(ApiError::Validation(vec![ValidationError {
+    let limit = match limit {
+        None => Some(AUDIT_LIMIT.0),
+        Some(l) => l.parse().ok().filter(|l| (1..=AUDIT_LIMIT.1).contains(l)),
+    };
+    let after = match after {
+        None => Ok(None),
+        Some(a) => a
+            .parse::<i64>()
+            .ok()
+            .filter(|a| *a >= 0)
+            .map(Some)
+            .ok_or(()),
+    };
+    let mut problems = Vec::new();
+    if limit.is_none() {
+        problems.push(ValidationError {
             field: "limit".into(),
             detail: "must be a whole number from 1 to 1000".into(),
-        }]));
+        });
     }
-    let records = state.inner.store.list_audit(limit).await?;
+    if after.is_err() {
+        problems.push(ValidationError {
+            field: "after".into(),
+            detail: "must be a whole number, the id of an audit record".into(),
+        });
+    }
+    let (Some(limit), Ok(after)) = (limit, after) else {
+        return Err(ApiError::Validation(problems));
+    };
+    let records = match after {
+        None => state.inner.store.list_audit(limit).await?,
+        Some(after) => state.inner.store.list_audit_after(after, limit).await?,
+    };
     Ok(Json(
         records
             .into_iter()
             .map(|r| AuditEntry {
+                id: r.id,
                 time: r.record.time.and_utc(),
                 provider: r.record.provider,
                 instance_id: r.record.instance_id,

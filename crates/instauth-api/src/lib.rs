@@ -24,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use instauth_store::{Store, StoreError};
+use instauth_types::routes;
 
 pub use audit::{AuditSink, AuditWriter};
 pub use error::ApiError;
@@ -202,62 +203,30 @@ async fn maintain_session_keys(state: std::sync::Weak<Shared>) {
 }
 
 /// Every route as (method, path), in the order of docs/API.md; the router registers exactly these
-/// (checked by `tests/api_doc.rs`).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/api/v2/workspaceagents/aws-instance-identity"),
-    ("POST", "/api/v2/workspaceagents/azure-instance-identity"),
-    ("POST", "/api/v2/workspaceagents/google-instance-identity"),
-    ("GET", "/api/v2/workspaceagents/me/manifest"),
-    ("POST", "/api/v2/workspaceagents/me/heartbeat"),
-    ("GET", "/api/v2/workspaces"),
-    ("GET", "/api/v2/workspaces/{workspace}"),
-    ("DELETE", "/api/v2/workspaces/{workspace}"),
-    ("POST", "/api/v2/workspaces/{workspace}/builds"),
-    ("DELETE", "/api/v2/workspaceagents/{agent_id}/sessions"),
-    ("GET", "/api/v2/audit"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-];
+/// (checked by `tests/api_doc.rs`). The paths live in [`instauth_types::routes`], shared with the
+/// clients.
+pub const ROUTES: &[(&str, &str)] = routes::ALL;
 
 /// The complete router.
 pub fn router(state: AppState) -> Router {
     let exchange = Router::new()
-        .route(
-            "/api/v2/workspaceagents/aws-instance-identity",
-            post(exchange::aws),
-        )
-        .route(
-            "/api/v2/workspaceagents/azure-instance-identity",
-            post(exchange::azure),
-        )
-        .route(
-            "/api/v2/workspaceagents/google-instance-identity",
-            post(exchange::google),
-        )
+        .route(routes::AWS_INSTANCE_IDENTITY, post(exchange::aws))
+        .route(routes::AZURE_INSTANCE_IDENTITY, post(exchange::azure))
+        .route(routes::GOOGLE_INSTANCE_IDENTITY, post(exchange::google))
         .layer(DefaultBodyLimit::max(EXCHANGE_BODY_LIMIT));
     let agent = Router::new()
-        .route("/api/v2/workspaceagents/me/manifest", get(agent::manifest))
-        .route(
-            "/api/v2/workspaceagents/me/heartbeat",
-            post(agent::heartbeat),
-        )
+        .route(routes::AGENT_MANIFEST, get(agent::manifest))
+        .route(routes::AGENT_HEARTBEAT, post(agent::heartbeat))
         .layer(DefaultBodyLimit::max(AGENT_BODY_LIMIT));
     let admin = Router::new()
-        .route("/api/v2/workspaces", get(admin::list_workspaces))
+        .route(routes::WORKSPACES, get(admin::list_workspaces))
         .route(
-            "/api/v2/workspaces/{workspace}",
+            routes::WORKSPACE,
             get(admin::show_workspace).delete(admin::delete_workspace),
         )
-        .route(
-            "/api/v2/workspaces/{workspace}/builds",
-            post(admin::create_build),
-        )
-        .route(
-            "/api/v2/workspaceagents/{agent_id}/sessions",
-            delete(admin::revoke_sessions),
-        )
-        .route("/api/v2/audit", get(admin::audit))
+        .route(routes::WORKSPACE_BUILDS, post(admin::create_build))
+        .route(routes::AGENT_SESSIONS, delete(admin::revoke_sessions))
+        .route(routes::AUDIT, get(admin::audit))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
     Router::new()
         .merge(exchange)

@@ -635,6 +635,72 @@ server_test!(every_attempt_is_audited_without_secrets, |srv| async move {
     assert_eq!(status, 400);
 });
 
+server_test!(audit_after_is_a_cursor_oldest_first, |srv| async move {
+    srv.build("ws", &[("main", "i-1", None), ("dev", "i-1", None)])
+        .await;
+    srv.aws("i-1", None).await;
+    srv.aws("i-1", Some("main")).await;
+    srv.aws("i-2", None).await;
+    srv.state.flush_audit().await;
+    let (_, all) = srv.admin(reqwest::Method::GET, "/api/v2/audit", None).await;
+    let ids: Vec<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let oldest = ids[2];
+
+    // After the oldest: the two newer ones, oldest first; `limit` still applies.
+    let (status, page) = srv
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/v2/audit?after={oldest}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let outcomes: Vec<(i64, &str)> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes, [(ids[1], "ok"), (ids[0], "not_found")]);
+    let (_, page) = srv
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/v2/audit?after={oldest}&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    assert_eq!(page[0]["id"], ids[1]);
+    let (_, page) = srv
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/v2/audit?after={}", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(page, json!([]));
+
+    // Bad parameters are named, each of them.
+    let (status, body) = srv
+        .admin(reqwest::Method::GET, "/api/v2/audit?after=-1&limit=x", None)
+        .await;
+    assert_eq!(status, 400);
+    let fields: Vec<&str> = body["validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["limit", "after"]);
+});
+
 server_test!(
     admin_api_requires_the_token_and_validates_builds,
     |srv| async move {

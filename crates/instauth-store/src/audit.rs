@@ -1,4 +1,5 @@
-//! The audit log: batched inserts from the audit writer, newest-first listing for the admin API.
+//! The audit log: batched inserts from the audit writer, newest-first listing and an `after`
+//! cursor (oldest first) for the admin API.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -51,25 +52,40 @@ impl Store {
 
     /// The newest `limit` audit records, newest first.
     pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditRecord>> {
+        self.audit_page(limit, None).await
+    }
+
+    /// At most `limit` audit records with an id above `after`, oldest first: a cursor for
+    /// following the log (ids only grow).
+    pub async fn list_audit_after(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        self.audit_page(limit, Some(after)).await
+    }
+
+    async fn audit_page(&self, limit: i64, after: Option<i64>) -> Result<Vec<AuditRecord>> {
         with_conn!(self, |conn| {
-            Ok(audit_log::table
-                .order(audit_log::id.desc())
-                .limit(limit.max(0))
-                .select((
-                    audit_log::id,
-                    (
-                        audit_log::time,
-                        audit_log::provider,
-                        audit_log::instance_id,
-                        audit_log::agent_name,
-                        audit_log::outcome,
-                        audit_log::agent_id,
-                        audit_log::remote_addr,
-                        audit_log::reason,
-                    ),
-                ))
-                .load(conn)
-                .await?)
+            let query = audit_log::table.limit(limit.max(0)).select((
+                audit_log::id,
+                (
+                    audit_log::time,
+                    audit_log::provider,
+                    audit_log::instance_id,
+                    audit_log::agent_name,
+                    audit_log::outcome,
+                    audit_log::agent_id,
+                    audit_log::remote_addr,
+                    audit_log::reason,
+                ),
+            ));
+            Ok(match after {
+                None => query.order(audit_log::id.desc()).load(conn).await?,
+                Some(after) => {
+                    query
+                        .filter(audit_log::id.gt(after))
+                        .order(audit_log::id.asc())
+                        .load(conn)
+                        .await?
+                }
+            })
         })
     }
 }

@@ -3,6 +3,8 @@
 //! Field names follow Coder's agent-auth API (`/api/v2/...`) so that Coder-style templates and
 //! agents work unchanged. This crate performs no IO.
 
+pub mod routes;
+
 use serde::{Deserialize, Serialize};
 
 mod vocabulary;
@@ -227,6 +229,8 @@ pub struct WorkspaceInfo {
 /// One record of `GET /api/v2/audit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// Increasing record id: the cursor of `GET /api/v2/audit?after=ID`.
+    pub id: i64,
     /// When (RFC 3339, UTC).
     pub time: chrono::DateTime<chrono::Utc>,
     /// `aws`, `azure` or `gcp`.
