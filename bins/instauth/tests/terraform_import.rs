@@ -150,7 +150,7 @@ fn imported_seed_state_gives_409_then_200_for_each_agent_and_the_audit_follows()
     for name in ["main", "dev"] {
         let (status, body) = exchange(&rt, &server, Some(name));
         assert_eq!(status, 200, "{name}: {body}");
-        assert!(body["session_token"].as_str().unwrap().starts_with("ias1_"));
+        assert!(body["session_token"].as_str().unwrap().starts_with("ias2_"));
     }
 
     // The audit lists the three attempts, newest first.

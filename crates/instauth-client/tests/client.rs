@@ -2,7 +2,6 @@
 //! bodies it renders, and path segments that must stay one segment.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +42,9 @@ async fn start() -> Server {
         verifiers,
         ApiConfig {
             session_ttl: Duration::from_secs(60),
-            heartbeat_interval: Duration::from_secs(15),
             admin_token: ADMIN.into(),
             exchange_rate_limit: 0,
+            ..ApiConfig::default()
         },
     )
     .await
@@ -53,14 +52,12 @@ async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = instauth_api::router(state.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    tokio::spawn(instauth_api::serve::serve(
+        listener,
+        app,
+        instauth_api::serve::ServeConfig::default(),
+        std::future::pending(),
+    ));
     Server {
         url,
         state,
