@@ -109,6 +109,10 @@ struct ServerArgs {
     /// Token exchanges per second per client address (bursts of twice that); 0 disables.
     #[arg(long, env = "INSTAUTH_EXCHANGE_RATE_LIMIT", default_value_t = 50)]
     exchange_rate_limit: u32,
+    /// Comma-separated CIDRs (or addresses) of proxies whose X-Forwarded-For names the client
+    /// (for the rate limit and the audit); from anyone else the header is ignored.
+    #[arg(long, env = "INSTAUTH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Log format.
     #[arg(long, env = "INSTAUTH_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -131,6 +135,14 @@ fn duration_between(
         }
         Ok(d)
     }
+}
+
+/// A CIDR, or a single address (a /32 or /128).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR (10.0.0.0/8) or an IP address"))
 }
 
 /// Logs each permission that was tightened.
@@ -279,6 +291,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             admin_token,
             exchange_rate_limit: args.exchange_rate_limit,
             retry_after: args.retry_after,
+            audit_retention: args.audit_retention,
+            trusted_proxies: args.trusted_proxies.clone(),
         },
     )
     .await

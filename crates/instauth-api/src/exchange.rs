@@ -15,8 +15,9 @@ use instauth_types::{
 };
 use instauth_verify::{Identity, Verified};
 
+use crate::audit::Escaped;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, RemoteAddr};
+use crate::extract::{ClientAddr, JsonBody};
 use crate::AppState;
 
 /// Longest accepted AWS identity document (real ones are about 500 bytes).
@@ -66,12 +67,37 @@ fn check_base64(out: &mut Vec<ValidationError>, field: &str, value: &str, max: u
 
 fn check_name(out: &mut Vec<ValidationError>, name: Option<&str>) {
     if let Some(n) = requested_name(name) {
-        check(
-            out,
-            "agent_name",
-            n.len() <= MAX_AGENT_NAME,
-            "must be at most 64 characters",
-        );
+        if n.len() > MAX_AGENT_NAME {
+            check(out, "agent_name", false, "must be at most 64 characters");
+        } else {
+            check(
+                out,
+                "agent_name",
+                !has_control(n),
+                "must not contain control characters",
+            );
+        }
+    }
+}
+
+/// True if `s` holds a control character (NUL, newline, ESC, ...): never part of a name or an
+/// ID, and refused the same way on both backends.
+pub(crate) fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// A verified identity whose claims hold control characters is not one a cloud issues: refuse
+/// it (401) before it reaches the database or a log.
+fn check_identity(identity: &Identity) -> Result<(), String> {
+    let claims = serde_json::to_value(identity).unwrap_or_default();
+    let bad = claims
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(_, v)| v.as_str().is_some_and(has_control));
+    match bad {
+        Some((name, _)) => Err(format!("identity claim {name} holds control characters")),
+        None => Ok(()),
     }
 }
 
@@ -135,18 +161,18 @@ fn validate_gcp(r: &GoogleInstanceIdentityRequest) -> Vec<ValidationError> {
 async fn exchange<R>(
     state: &AppState,
     provider: Provider,
-    remote: RemoteAddr,
+    client: ClientAddr,
     body: Result<JsonBody<R>, ApiError>,
     validate: fn(&R) -> Vec<ValidationError>,
     name_of: fn(&R) -> Option<&str>,
     verify: impl AsyncFnOnce(&R) -> Result<Verified<Identity>, String>,
 ) -> Response {
     let started = Instant::now();
-    let limited = remote
-        .ip()
-        .map(|ip| state.inner.limiter.check(ip, started))
+    let limited = client
+        .ip
+        .map(|ip| state.inner.limiter.check(ip))
         .unwrap_or(Ok(()));
-    let remote = remote.0;
+    let remote = client.text;
     let mut audit = NewAuditRecord {
         time: instauth_store::now(),
         provider,
@@ -156,6 +182,7 @@ async fn exchange<R>(
         agent_id: None,
         remote_addr: remote,
         reason: None,
+        count: 1,
     };
     let result: Result<Candidate, ApiError> = async {
         limited.map_err(|retry_after| ApiError::RateLimited { retry_after })?;
@@ -172,6 +199,7 @@ async fn exchange<R>(
         }
         let identity = verify(&req)
             .await
+            .and_then(|identity| check_identity(&identity).map(|()| identity))
             .map_err(|detail| ApiError::InvalidProof {
                 provider: provider.label(),
                 detail,
@@ -215,15 +243,14 @@ async fn exchange<R>(
     audit.reason = result.as_ref().err().and_then(ApiError::reason);
     tracing::info!(
         provider = provider.as_str(),
-        instance_id = %audit.instance_id,
-        agent.name = %audit.agent_name,
+        instance_id = %Escaped(&audit.instance_id),
+        agent.name = %Escaped(&audit.agent_name),
         outcome,
         duration_ms = took.as_secs_f64() * 1e3,
         "Token exchange answered."
     );
-    if !state.inner.audit.record(audit) {
-        state.inner.metrics.audit_dropped();
-    }
+    // A full queue is counted and logged by the sink.
+    state.inner.audit.record(audit);
     match result {
         Ok(c) => {
             let expires = chrono::Utc::now()
@@ -245,14 +272,14 @@ async fn exchange<R>(
 /// `POST /api/v2/workspaceagents/aws-instance-identity`
 pub(crate) async fn aws(
     State(state): State<AppState>,
-    remote: RemoteAddr,
+    client: ClientAddr,
     body: Result<JsonBody<AwsInstanceIdentityRequest>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.aws;
     exchange(
         &state,
         Provider::Aws,
-        remote,
+        client,
         body,
         validate_aws,
         |r| r.agent_name.as_deref(),
@@ -264,14 +291,14 @@ pub(crate) async fn aws(
 /// `POST /api/v2/workspaceagents/azure-instance-identity`
 pub(crate) async fn azure(
     State(state): State<AppState>,
-    remote: RemoteAddr,
+    client: ClientAddr,
     body: Result<JsonBody<AzureInstanceIdentityRequest>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.azure;
     exchange(
         &state,
         Provider::Azure,
-        remote,
+        client,
         body,
         validate_azure,
         |r| r.agent_name.as_deref(),
@@ -283,14 +310,14 @@ pub(crate) async fn azure(
 /// `POST /api/v2/workspaceagents/google-instance-identity`
 pub(crate) async fn google(
     State(state): State<AppState>,
-    remote: RemoteAddr,
+    client: ClientAddr,
     body: Result<JsonBody<GoogleInstanceIdentityRequest>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.gcp;
     exchange(
         &state,
         Provider::Gcp,
-        remote,
+        client,
         body,
         validate_gcp,
         |r| r.agent_name.as_deref(),

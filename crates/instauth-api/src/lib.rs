@@ -50,6 +50,10 @@ pub struct ApiConfig {
     pub exchange_rate_limit: u32,
     /// `Retry-After` of 404 and 409 exchange answers (`--retry-after`).
     pub retry_after: Duration,
+    /// Audit records older than this are deleted (`--audit-retention`).
+    pub audit_retention: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +65,8 @@ impl Default for ApiConfig {
             admin_token: String::new(),
             exchange_rate_limit: 50,
             retry_after: Duration::from_secs(5),
+            audit_retention: Duration::from_secs(30 * 24 * 3600),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -72,12 +78,13 @@ struct Shared {
     admin_token_hash: [u8; 32],
     session_ttl: chrono::Duration,
     heartbeat_interval: chrono::Duration,
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
     audit: AuditSink,
     audit_store: Store,
     limiter: ratelimit::RateLimiter,
     /// Seconds of `Retry-After` on 404/409 exchange answers.
     retry_after: u64,
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// When a token naming an unknown key last made us read the keys (throttles reloads).
     keys_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -120,7 +127,12 @@ impl AppState {
             StoreError::Corrupt("the database holds no session signing key".into())
         })?;
         let audit_store = store.sibling(2).await?;
-        let (sink, writer) = audit::start(audit_store.clone());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (sink, writer) = audit::start(audit_store.clone(), {
+            let metrics = metrics.clone();
+            move || metrics.audit_dropped()
+        });
+        tokio::spawn(audit::prune(audit_store.clone(), config.audit_retention));
         let state = AppState {
             inner: Arc::new(Shared {
                 store,
@@ -129,12 +141,13 @@ impl AppState {
                 admin_token_hash: token_hash(&config.admin_token),
                 session_ttl: chrono_duration(config.session_ttl),
                 heartbeat_interval: chrono_duration(config.heartbeat_interval),
-                metrics: metrics::Metrics::default(),
+                metrics,
                 audit: sink,
                 audit_store,
                 limiter: ratelimit::RateLimiter::new(config.exchange_rate_limit),
                 retry_after: config.retry_after.as_secs().max(1),
                 keys_reloaded: std::sync::Mutex::new(None),
+                trusted_proxies: config.trusted_proxies,
             }),
         };
         tokio::spawn(maintain_session_keys(Arc::downgrade(&state.inner)));
@@ -160,6 +173,11 @@ impl AppState {
             .await?;
         self.inner.sessions.reload(&keys);
         Ok(true)
+    }
+
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.inner.trusted_proxies
     }
 
     /// The store.

@@ -24,6 +24,7 @@ struct AuditInsert {
     agent_id: Option<String>,
     remote_addr: String,
     reason: Option<String>,
+    count: i32,
 }
 
 insert_many!(AuditInsert, audit_log::table);
@@ -45,9 +46,28 @@ impl Store {
                 agent_id: r.agent_id.map(|id| id.hyphenated().to_string()),
                 remote_addr: r.remote_addr.clone(),
                 reason: r.reason.clone(),
+                count: r.count,
             })
             .collect();
         with_conn!(self, |conn| Ok(conn.insert_many(rows).await?))
+    }
+
+    /// Deletes at most `limit` of the oldest records older than `before`; returns how many.
+    /// Small batches keep each statement (and SQLite's write lock) short.
+    pub async fn delete_audit_before(&self, before: NaiveDateTime, limit: i64) -> Result<usize> {
+        with_conn!(self, |conn| {
+            // The subquery reads the same table: diesel needs it under another name.
+            let older = diesel::alias!(audit_log as older);
+            let oldest = older
+                .filter(older.field(audit_log::time).lt(before))
+                .order(older.field(audit_log::id).asc())
+                .limit(limit.max(0))
+                .select(older.field(audit_log::id));
+            Ok(diesel::delete(audit_log::table)
+                .filter(audit_log::id.eq_any(oldest))
+                .execute(conn)
+                .await?)
+        })
     }
 
     /// The newest `limit` audit records, newest first.
@@ -74,6 +94,7 @@ impl Store {
                     audit_log::agent_id,
                     audit_log::remote_addr,
                     audit_log::reason,
+                    audit_log::count,
                 ),
             ));
             Ok(match after {

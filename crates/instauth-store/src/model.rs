@@ -152,6 +152,9 @@ pub struct NewAuditRecord {
     pub remote_addr: String,
     /// Why the attempt failed (the check that failed; never proof material).
     pub reason: Option<String>,
+    /// How many attempts the record stands for (rate-limited attempts of one client in one
+    /// minute share a record); 1 otherwise.
+    pub count: i32,
 }
 
 /// A stored audit record.

@@ -71,6 +71,7 @@ diesel::table! {
         agent_id -> Nullable<Text>,
         remote_addr -> Text,
         reason -> Nullable<Text>,
+        count -> Integer,
     }
 }
 

@@ -334,6 +334,7 @@ backend_test!(audit_batches_and_lists_newest_first, |store| async move {
             agent_id: (i % 2 == 0).then(uuid::Uuid::new_v4),
             remote_addr: "127.0.0.1:5000".into(),
             reason: (i % 2 == 1).then(|| format!("reason {i}")),
+            count: 1 + (i % 3) as i32,
         })
         .collect();
     let before = store.queries_total();
@@ -348,6 +349,36 @@ backend_test!(audit_batches_and_lists_newest_first, |store| async move {
     assert_eq!(listed[0].record, records[2499]);
     assert_eq!(listed[2].record.instance_id, "i-2497");
 });
+
+backend_test!(
+    old_audit_records_are_deleted_in_batches,
+    |store| async move {
+        let t = now();
+        let records: Vec<NewAuditRecord> = (0..25)
+            .map(|i| NewAuditRecord {
+                time: t - Duration::days(40 - i),
+                provider: Provider::Gcp,
+                instance_id: format!("{i}"),
+                agent_name: String::new(),
+                outcome: "ok".into(),
+                agent_id: None,
+                remote_addr: String::new(),
+                reason: None,
+                count: 1,
+            })
+            .collect();
+        store.insert_audit(&records).await.unwrap();
+        let cutoff = t - Duration::days(30);
+        // Records 0..=9 are older than 30 days.
+        assert_eq!(store.delete_audit_before(cutoff, 4).await.unwrap(), 4);
+        assert_eq!(store.delete_audit_before(cutoff, 4).await.unwrap(), 4);
+        assert_eq!(store.delete_audit_before(cutoff, 4).await.unwrap(), 2);
+        assert_eq!(store.delete_audit_before(cutoff, 4).await.unwrap(), 0);
+        let left = store.list_audit(100).await.unwrap();
+        assert_eq!(left.len(), 15);
+        assert_eq!(left.last().unwrap().record.instance_id, "10");
+    }
+);
 
 backend_test!(concurrent_builds_get_distinct_numbers, |store| async move {
     let mut tasks = Vec::new();
