@@ -471,8 +471,8 @@ impl AzureVerifier {
         }
         Ok(Verified::__new_after_verification(Identity::Azure {
             instance_id: doc.vm_id,
-            subscription_id: doc.subscription_id,
-            location: doc.location,
+            subscription_id: Some(doc.subscription_id),
+            location: Some(doc.location).filter(|l| !l.is_empty()),
         }))
     }
 }

@@ -45,8 +45,8 @@ fn valid_proof_verifies() {
         id.into_inner(),
         Identity::Azure {
             instance_id: "vm-1".into(),
-            subscription_id: "sub-1".into(),
-            location: "westeurope".into(),
+            subscription_id: Some("sub-1".into()),
+            location: Some("westeurope".into()),
         }
     );
 }

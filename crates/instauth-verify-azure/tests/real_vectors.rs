@@ -34,8 +34,8 @@ fn verifies_at_its_pinned_time() {
         id,
         Identity::Azure {
             instance_id: "bd8e7443-24a0-41f3-b949-8baf4fd1c573".into(),
-            subscription_id: "5f130ffc-0a3e-4795-b691-4f56a12a5547".into(),
-            location: String::new(),
+            subscription_id: Some("5f130ffc-0a3e-4795-b691-4f56a12a5547".into()),
+            location: None,
         }
     );
 }
