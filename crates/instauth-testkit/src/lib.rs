@@ -17,7 +17,10 @@
 
 #![allow(clippy::unwrap_used)] // Test support: a failure here is a broken test, not input.
 
+pub mod aia_server;
+pub mod azure;
 pub mod bench;
+pub mod cpu;
 pub mod der_build;
 pub mod jwks_server;
 pub mod keys;
@@ -32,6 +35,7 @@ use rcgen::{
     KeyUsagePurpose, SerialNumber,
 };
 
+pub use aia_server::{AiaResponse, AiaServer};
 pub use der_build::{Pkcs7Signer, SignedDataBuilder};
 pub use jwks_server::JwksServer;
 pub use keys::TestKey;

@@ -99,14 +99,12 @@ fn last_begin(bytes: &[u8], from: usize, to: usize) -> Option<usize> {
 
 fn last_region_comment(text: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(text).ok()?;
-    text.lines()
-        .filter_map(|line| {
-            let (key, value) = line.trim().strip_prefix('#')?.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case("region")
-                .then(|| value.trim().to_string())
-        })
-        .last()
+    text.lines().rev().find_map(|line| {
+        let (key, value) = line.trim().strip_prefix('#')?.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case("region")
+            .then(|| value.trim().to_string())
+    })
 }
 
 /// rustls-pki-types' messages quote the offending line for a bad BEGIN line; say what is wrong
