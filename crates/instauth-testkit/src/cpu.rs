@@ -47,18 +47,25 @@ mod tests {
         let before = thread_cpu_time();
         std::thread::sleep(Duration::from_millis(50));
         let slept = thread_cpu_time() - before;
-        let (busy, _) = mean_cpu_time(1, || {
-            let t = std::time::Instant::now();
-            let mut x = 0u64;
-            while t.elapsed() < Duration::from_millis(60) {
-                x = std::hint::black_box(x.wrapping_add(1));
-            }
-            x
-        });
         assert!(slept < Duration::from_millis(20), "sleeping cost {slept:?}");
+
+        // A fixed amount of work: its CPU time is positive and never more than the wall time
+        // it took (other load on the machine only stretches the wall time).
+        let wall = std::time::Instant::now();
+        let (busy, digest) = mean_cpu_time(1, || {
+            let block = vec![7u8; 1 << 20];
+            let mut d = ring::digest::digest(&ring::digest::SHA256, &block);
+            for _ in 0..30 {
+                d = ring::digest::digest(&ring::digest::SHA256, &[&block[..], d.as_ref()].concat());
+            }
+            d
+        });
+        let wall = wall.elapsed();
+        assert_eq!(digest.as_ref().len(), 32);
+        assert!(busy > Duration::from_millis(1), "work cost only {busy:?}");
         assert!(
-            busy >= Duration::from_millis(20),
-            "spinning cost only {busy:?}"
+            busy <= wall + Duration::from_millis(10),
+            "{busy:?} CPU in {wall:?}"
         );
     }
 }
