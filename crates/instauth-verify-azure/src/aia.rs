@@ -498,10 +498,12 @@ impl AiaFetcher {
                 Self::usable(url, &body, missing)
             }
             Err(e) => {
-                memory.failures.insert(
-                    url.to_string(),
-                    (Instant::now() + rules.negative_ttl, e.clone()),
-                );
+                let now = Instant::now();
+                // Expired entries go here, so the map holds at most a TTL's worth of failures.
+                memory.failures.retain(|_, (until, _)| *until > now);
+                memory
+                    .failures
+                    .insert(url.to_string(), (now + rules.negative_ttl, e.clone()));
                 Err(e)
             }
         }

@@ -62,15 +62,6 @@ pub enum TrustError {
     },
 }
 
-/// Reads a PEM file; an error names the file.
-pub fn read_pem_file(path: &Path) -> Result<Vec<PemCertificate>, TrustError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrustError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_pem(&text, path)
-}
-
 /// Parses PEM text that came from `origin` (a file, or a name for built-in material).
 pub fn parse_pem(text: &str, origin: &Path) -> Result<Vec<PemCertificate>, TrustError> {
     parse_certificates(text).map_err(|source| TrustError::Pem {
