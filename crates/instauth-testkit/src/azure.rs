@@ -7,8 +7,8 @@
 use chrono::{DateTime, Duration, Utc};
 use instauth_types::AzureInstanceIdentityRequest;
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SerialNumber,
+    CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
+    SerialNumber,
 };
 
 use crate::der_build::{tlv, Pkcs7Signer, SignedDataBuilder};
@@ -34,19 +34,7 @@ pub fn aia_extension(urls: &[&str]) -> CustomExtension {
 }
 
 fn ca_params(cn: &str, validity: Validity, serial: u64) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name
-        .push(DnType::OrganizationName, "instauth test");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = offset(validity.not_before);
-    p.not_after = offset(validity.not_after);
-    p.serial_number = Some(SerialNumber::from(serial));
+    let mut p = crate::ca_params(cn, validity, serial);
     // Real Azure CAs name their issuer's key; the verifier uses it to narrow candidates.
     p.use_authority_key_identifier_extension = true;
     p
@@ -189,14 +177,8 @@ impl AzureGenerations {
 
     /// Issues everything around `now`.
     pub fn at(now: DateTime<Utc>) -> Self {
-        let ca_validity = Validity {
-            not_before: now - Duration::days(365),
-            not_after: now + Duration::days(365),
-        };
-        let signer_validity = Validity {
-            not_before: now - Duration::hours(1),
-            not_after: now + Duration::hours(1),
-        };
+        let ca_validity = Validity::around(now, Duration::days(365));
+        let signer_validity = Validity::around(now, Duration::hours(1));
         let digicert_g2 = root("instauth test DigiCert Global Root G2", ca_validity, 100);
         let tls_root_g2 = root("instauth test TLS RSA Root G2", ca_validity, 101);
         let tls_root_g2_xsign = cross_sign(

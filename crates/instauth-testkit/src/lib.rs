@@ -87,6 +87,16 @@ pub struct Validity {
     pub not_after: DateTime<Utc>,
 }
 
+impl Validity {
+    /// From `now - half` to `now + half`.
+    pub fn around(now: DateTime<Utc>, half: Duration) -> Self {
+        Validity {
+            not_before: now - half,
+            not_after: now + half,
+        }
+    }
+}
+
 fn ca_params(cn: &str, validity: Validity, serial: u64) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
@@ -218,14 +228,8 @@ impl TestPki {
 
     /// Issues everything, valid around `now`: CAs ± 1 year, the Azure leaf ± 1 hour.
     pub fn at(now: DateTime<Utc>) -> Self {
-        let long = Validity {
-            not_before: now - Duration::days(365),
-            not_after: now + Duration::days(365),
-        };
-        let leaf_validity = Validity {
-            not_before: now - Duration::hours(1),
-            not_after: now + Duration::hours(1),
-        };
+        let long = Validity::around(now, Duration::days(365));
+        let leaf_validity = Validity::around(now, Duration::hours(1));
         let aws_ca = issue_root("instauth test AWS", long, 1);
         let aws_cert_1024 =
             issue_for_public_key("ec2 test 1024", TestKey::AwsRegion1024, long, &aws_ca);

@@ -25,7 +25,7 @@ use std::path::Path;
 
 use der::Decode;
 use instauth_types::AwsInstanceIdentityRequest;
-use instauth_verify::encoding::{decode_base64_lenient_whitespace, Base64Error};
+use instauth_verify::encoding::{decode_base64_lenient_whitespace, json_error_reason, Base64Error};
 use instauth_verify::pem::parse_certificates;
 use instauth_verify::pkcs7::{Pkcs7Error, RsaPublicKey, UnverifiedSignedData};
 use instauth_verify::trust::{parse_pem, TrustCertificate, TrustError, TrustRole, TrustSource};
@@ -306,13 +306,7 @@ impl UnverifiedDocument {
     fn parse(bytes: &[u8]) -> Result<Self, AwsError> {
         let document: Document =
             serde_json::from_slice(bytes).map_err(|e| AwsError::MalformedDocument {
-                // serde_json's messages may quote values; keep only the class and position.
-                reason: format!(
-                    "{:?} error at line {} column {}",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                ),
+                reason: json_error_reason(&e),
             })?;
         if document.instance_id.is_empty() {
             return Err(AwsError::MalformedDocument {

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use instauth_verify::encoding::json_error_reason;
+
 use crate::AzureError;
 
 /// Leeway for clock skew between Azure and this server when checking `timeStamp`.
@@ -51,13 +53,7 @@ fn parse_timestamp(field: &str, value: &str) -> Result<DateTime<Utc>, AzureError
 pub(crate) fn read(content: &[u8], now: DateTime<Utc>) -> Result<Document, AzureError> {
     let doc: AttestedDocument =
         serde_json::from_slice(content).map_err(|e| AzureError::MalformedDocument {
-            // serde_json's messages may quote values; keep only the class and position.
-            reason: format!(
-                "{:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
+            reason: json_error_reason(&e),
         })?;
     if doc.vm_id.is_empty() {
         return Err(AzureError::MalformedDocument {

@@ -205,7 +205,12 @@ pub struct AzureTrust {
     pub(crate) intermediates: Vec<TrustedCa>,
 }
 
-fn roots_of(pem: &str, origin: &Path, source: &TrustSource) -> Result<Vec<Root>, TrustError> {
+/// Every certificate of a PEM bundle from `origin`, parsed by `parse`; none is an error.
+fn load<T>(
+    pem: &str,
+    origin: &Path,
+    parse: impl Fn(Vec<u8>) -> Result<T, String>,
+) -> Result<Vec<T>, TrustError> {
     let certs = parse_pem(pem, origin)?;
     if certs.is_empty() {
         return Err(TrustError::Empty {
@@ -215,13 +220,19 @@ fn roots_of(pem: &str, origin: &Path, source: &TrustSource) -> Result<Vec<Root>,
     certs
         .into_iter()
         .map(|c| {
-            Root::parse(&c.der, source.clone()).map_err(|reason| TrustError::BadCertificate {
+            parse(c.der).map_err(|reason| TrustError::BadCertificate {
                 path: origin.to_path_buf(),
                 line: c.line,
-                reason: format!("not a usable trust anchor: {reason}"),
+                reason,
             })
         })
         .collect()
+}
+
+fn roots_of(pem: &str, origin: &Path, source: &TrustSource) -> Result<Vec<Root>, TrustError> {
+    load(pem, origin, |der| {
+        Root::parse(&der, source.clone()).map_err(|r| format!("not a usable trust anchor: {r}"))
+    })
 }
 
 fn intermediates_of(
@@ -229,22 +240,7 @@ fn intermediates_of(
     origin: &Path,
     source: &TrustSource,
 ) -> Result<Vec<TrustedCa>, TrustError> {
-    let certs = parse_pem(pem, origin)?;
-    if certs.is_empty() {
-        return Err(TrustError::Empty {
-            path: origin.to_path_buf(),
-        });
-    }
-    certs
-        .into_iter()
-        .map(|c| {
-            TrustedCa::parse(c.der, source.clone()).map_err(|reason| TrustError::BadCertificate {
-                path: origin.to_path_buf(),
-                line: c.line,
-                reason,
-            })
-        })
-        .collect()
+    load(pem, origin, |der| TrustedCa::parse(der, source.clone()))
 }
 
 impl AzureTrust {

@@ -102,7 +102,7 @@ async fn an_unknown_generation_is_fetched_once_then_served_from_caches() {
     let Err(AzureError::UnknownIssuer(missing)) = v.verify(&req) else {
         panic!("expected UnknownIssuer");
     };
-    assert_eq!(missing.ca_issuers, [g3_url.clone()]);
+    assert_eq!(missing.ca_issuers, [g3_url.as_str()]);
     assert!(matches!(
         inline(&v, &req, None).await,
         Err(AzureError::UnknownIssuer(_))
@@ -116,7 +116,7 @@ async fn an_unknown_generation_is_fetched_once_then_served_from_caches() {
     assert_eq!(w.server.hits(PATH), 1);
     assert_eq!(fetcher.network_fetches(), 1);
     assert_eq!(v.admitted_from(&g3_url), Some(w.g3_ca.der()));
-    assert_eq!(cache.urls(), [g3_url.clone()]);
+    assert_eq!(cache.urls(), [g3_url.as_str()]);
     let listed = v.trust_certificates();
     assert!(listed
         .iter()
