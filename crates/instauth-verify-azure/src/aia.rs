@@ -19,23 +19,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cms::cert::CertificateChoices;
-use cms::content_info::ContentInfo;
-use cms::signed_data::SignedData;
-use const_oid::db::rfc5911::ID_SIGNED_DATA;
-use der::{Decode, Encode};
-use x509_cert::ext::pkix::BasicConstraints;
-use x509_cert::Certificate;
-
-use crate::chain::MAX_CERTIFICATE_LEN;
-use crate::trust::Names;
 use crate::MissingIssuer;
+
+mod cache;
+mod response;
+#[cfg(feature = "testing")]
+mod testing;
+mod url;
+
+pub use cache::{AiaCache, AiaCacheError, BoxFuture, MemoryAiaCache};
+use response::ca_certificates;
+#[cfg(feature = "testing")]
+pub use testing::AiaTestConfig;
+#[cfg(feature = "testing")]
+use testing::NoDns;
+pub(crate) use url::printable;
+use url::{check_url, MAX_URL_LEN};
 
 /// The only hosts an issuing CA is fetched from: Microsoft's and DigiCert's certificate
 /// download hosts, as Microsoft's "Azure Certificate Authority details" page lists them for AIA.
@@ -58,12 +61,8 @@ pub const MAX_AIA_FETCHES_PER_MINUTE: usize = 10;
 pub const AIA_NEGATIVE_TTL: Duration = Duration::from_secs(60);
 /// Redirects followed (each re-checked against the host, scheme and port rules).
 pub const MAX_AIA_REDIRECTS: usize = 2;
-/// Longest URL considered.
-const MAX_URL_LEN: usize = 512;
 /// Responses kept in memory (oldest dropped first).
 const MEMORY_ENTRIES: usize = 64;
-/// Most certificates read from one response.
-const MAX_RESPONSE_CERTIFICATES: usize = 4;
 
 /// Why an issuing CA could not be fetched. [`AiaError::is_unavailable`] says which failures
 /// are temporary (answer 503 and let the agent retry) rather than a bad proof (401).
@@ -142,58 +141,8 @@ impl FetchedIssuer {
     }
 }
 
-/// A boxed future, so that [`AiaCache`] can be a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A persistent-cache failure; the fetcher then behaves as on a miss.
-#[derive(Debug, thiserror::Error)]
-#[error("AIA cache: {0}")]
-pub struct AiaCacheError(pub Box<dyn std::error::Error + Send + Sync>);
-
-/// Persistent storage of admitted issuing CAs, by URL, shared by replicas and restarts (the
-/// server implements it on its database). Only certificates the verifier admitted (they
-/// chained to a pinned root and issued a signer) are put; what comes back is checked again.
-pub trait AiaCache: Send + Sync + fmt::Debug {
-    /// The DER stored for `url`, if any.
-    fn get<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, AiaCacheError>>;
-    /// Stores `der` for `url` (replacing what was there).
-    fn put<'a>(&'a self, url: &'a str, der: &'a [u8]) -> BoxFuture<'a, Result<(), AiaCacheError>>;
-}
-
-/// An [`AiaCache`] in memory, for tests and single-process use.
-#[derive(Debug, Default)]
-pub struct MemoryAiaCache {
-    entries: Mutex<HashMap<String, Vec<u8>>>,
-}
-
-impl MemoryAiaCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The URLs stored, sorted.
-    pub fn urls(&self) -> Vec<String> {
-        let mut urls: Vec<String> = lock(&self.entries).keys().cloned().collect();
-        urls.sort();
-        urls
-    }
-}
-
-impl AiaCache for MemoryAiaCache {
-    fn get<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, AiaCacheError>> {
-        let found = lock(&self.entries).get(url).cloned();
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn put<'a>(&'a self, url: &'a str, der: &'a [u8]) -> BoxFuture<'a, Result<(), AiaCacheError>> {
-        lock(&self.entries).insert(url.to_string(), der.to_vec());
-        Box::pin(async { Ok(()) })
-    }
-}
-
 /// A poisoned lock only means another thread panicked while holding it; the maps stay usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -233,91 +182,6 @@ struct Inner {
     /// One network fetch at a time: a burst of proofs for one new CA costs one download.
     network: tokio::sync::Mutex<()>,
     network_fetches: AtomicU64,
-}
-
-/// Fetch rules and name resolution for tests: lets a test serve "www.microsoft.com" from
-/// 127.0.0.1. Only compiled with the `testing` feature.
-#[cfg(feature = "testing")]
-#[derive(Debug, Clone)]
-pub struct AiaTestConfig {
-    /// Allowed hosts (instead of [`AIA_HOSTS`]).
-    pub hosts: Vec<String>,
-    /// Host → address overrides; every other name fails to resolve. A URL without a port
-    /// connects to the address's port (so `http://www.microsoft.com/x` can reach a test server).
-    pub resolve: Vec<(String, std::net::SocketAddr)>,
-    /// Instead of [`AIA_TIMEOUT`].
-    pub timeout: Duration,
-    /// Instead of [`MAX_AIA_FETCHES_PER_MINUTE`].
-    pub max_fetches_per_minute: usize,
-    /// Instead of [`AIA_NEGATIVE_TTL`].
-    pub negative_ttl: Duration,
-}
-
-#[cfg(feature = "testing")]
-impl AiaTestConfig {
-    /// The production rules, with `hosts` allowed and resolved to `addr`.
-    pub fn resolving(hosts: &[&str], addr: std::net::SocketAddr) -> Self {
-        AiaTestConfig {
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            resolve: hosts.iter().map(|h| (h.to_string(), addr)).collect(),
-            timeout: AIA_TIMEOUT,
-            max_fetches_per_minute: MAX_AIA_FETCHES_PER_MINUTE,
-            negative_ttl: AIA_NEGATIVE_TTL,
-        }
-    }
-}
-
-/// Resolves nothing: in tests, only the overridden names may be reached.
-#[cfg(feature = "testing")]
-struct NoDns;
-
-#[cfg(feature = "testing")]
-impl reqwest::dns::Resolve for NoDns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let name = name.as_str().to_string();
-        Box::pin(async move { Err(format!("{name} is not resolvable in tests").into()) })
-    }
-}
-
-/// Checks a URL against the fetch rules.
-fn check_url(url: &reqwest::Url, hosts: &[String]) -> Result<(), String> {
-    match url.scheme() {
-        "http" | "https" => {}
-        other => {
-            return Err(format!(
-                "scheme {:?} is not http or https",
-                printable(other)
-            ))
-        }
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("URL carries credentials".into());
-    }
-    // `domain()` is None for IP literals (including forms like `0x7f.1` that the URL parser
-    // normalises to one): an address is never fetched, only an allow-listed name.
-    let Some(host) = url.domain() else {
-        return Err("host is an IP address, not an allowed certificate host".into());
-    };
-    if !hosts.iter().any(|h| h == host) {
-        return Err(format!(
-            "host {:?} is not an allowed certificate host",
-            printable(host)
-        ));
-    }
-    match url.port_or_known_default() {
-        Some(p) if AIA_PORTS.contains(&p) => Ok(()),
-        Some(p) => Err(format!("port {p} is not 80 or 443")),
-        None => Err("no port".into()),
-    }
-}
-
-/// At most 512 characters, control characters replaced: URLs and names come from unverified
-/// certificates and end up in error messages and logs.
-pub(crate) fn printable(s: &str) -> String {
-    s.chars()
-        .take(MAX_URL_LEN)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 impl AiaFetcher {
@@ -621,162 +485,5 @@ impl AiaFetcher {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
-    }
-}
-
-/// The CA certificates of a response whose subject is the missing issuer: the response is a
-/// DER certificate, PEM, or a PKCS#7 certs-only bundle (`.p7c`, RFC 5280 §4.2.2.1).
-fn ca_certificates(body: &[u8], missing: &MissingIssuer) -> Result<Vec<Vec<u8>>, String> {
-    let ders = if Certificate::from_der(body).is_ok() {
-        vec![body.to_vec()]
-    } else if body.starts_with(b"-----BEGIN") {
-        let text = std::str::from_utf8(body).map_err(|_| "PEM that is not UTF-8".to_string())?;
-        instauth_verify::pem::parse_certificates(text)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|c| c.der)
-            .collect()
-    } else {
-        p7c_certificates(body)?
-    };
-    if ders.len() > MAX_RESPONSE_CERTIFICATES {
-        return Err(format!(
-            "{} certificates, at most {MAX_RESPONSE_CERTIFICATES} are read",
-            ders.len()
-        ));
-    }
-    let mut found = Vec::new();
-    let mut last = "no certificate in the response".to_string();
-    for der in ders {
-        match issuer_candidate(&der, missing) {
-            Ok(()) => found.push(der),
-            Err(why) => last = why,
-        }
-    }
-    if found.is_empty() {
-        Err(last)
-    } else {
-        Ok(found)
-    }
-}
-
-fn issuer_candidate(der: &[u8], missing: &MissingIssuer) -> Result<(), String> {
-    if der.len() > MAX_CERTIFICATE_LEN {
-        return Err(format!(
-            "certificate larger than {MAX_CERTIFICATE_LEN} bytes"
-        ));
-    }
-    let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
-    let is_ca = cert
-        .tbs_certificate
-        .get::<BasicConstraints>()
-        .ok()
-        .flatten()
-        .is_some_and(|(_, bc)| bc.ca);
-    if !is_ca {
-        return Err("not a CA certificate".into());
-    }
-    let names = Names::of(der, &cert)?;
-    let matches_key = match (&missing.issuer_key_id, &names.ski) {
-        (Some(aki), Some(ski)) => aki == ski,
-        _ => true,
-    };
-    if names.subject != missing.issuer_name || !matches_key {
-        return Err(format!(
-            "certificate {} is not the signer's issuer {}",
-            printable(&cert.tbs_certificate.subject.to_string()),
-            missing.issuer
-        ));
-    }
-    Ok(())
-}
-
-fn p7c_certificates(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let not_p7c = |_| "neither a certificate nor a PKCS#7 certificate bundle".to_string();
-    // `.p7c` files are often BER (indefinite lengths); normalise like proofs.
-    let info = match ContentInfo::from_der(body) {
-        Ok(info) => info,
-        Err(_) => {
-            let der = instauth_verify::ber::ber_to_der(body)
-                .map_err(|_| "neither a certificate nor a PKCS#7 certificate bundle")?;
-            ContentInfo::from_der(&der).map_err(not_p7c)?
-        }
-    };
-    if info.content_type != ID_SIGNED_DATA {
-        return Err("PKCS#7 content is not signedData".into());
-    }
-    let signed: SignedData = info.content.decode_as().map_err(not_p7c)?;
-    let mut out = Vec::new();
-    for choice in signed
-        .certificates
-        .map(|s| s.0.into_vec())
-        .unwrap_or_default()
-    {
-        if let CertificateChoices::Certificate(c) = choice {
-            out.push(c.to_der().map_err(|e| e.to_string())?);
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hosts() -> Vec<String> {
-        AIA_HOSTS.iter().map(|h| h.to_string()).collect()
-    }
-
-    fn check(url: &str) -> Result<(), String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
-        check_url(&parsed, &hosts())
-    }
-
-    #[test]
-    fn only_allowed_hosts_schemes_and_ports() {
-        for ok in [
-            "http://www.microsoft.com/pkiops/certs/Microsoft%20TLS%20G2%20RSA%20CA%20OCSP%2002.crt",
-            "https://caissuers.microsoft.com/x.crt",
-            "http://cacerts.digicert.com:80/DigiCertGlobalRootG2.crt",
-            "http://WWW.MICROSOFT.COM/x.crt",
-            "https://cacerts.digicert.com:443/x",
-        ] {
-            assert_eq!(check(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "http://www.microsoft.com.evil.example/x.crt",
-            "http://evil.example/www.microsoft.com",
-            "http://microsoft.com/x.crt",
-            "http://xwww.microsoft.com/x.crt",
-            "http://www.microsoft.com./x.crt",
-            "http://www.microsoft.com:8080/x.crt",
-            "https://www.microsoft.com:80443/x.crt",
-            "ftp://www.microsoft.com/x.crt",
-            "ldap://www.microsoft.com/x",
-            "file:///etc/passwd",
-            "http://user:pw@www.microsoft.com/x.crt",
-            "http://127.0.0.1/x.crt",
-            "http://0x7f.1/x.crt",
-            "http://[::1]/x.crt",
-            "http://23.0.0.1:80/x.crt",
-        ] {
-            assert!(check(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn errors_say_whether_to_retry() {
-        let u = |reason: &str| AiaError::Unavailable {
-            url: "u".into(),
-            reason: reason.into(),
-        };
-        assert!(u("x").is_unavailable());
-        assert!(!AiaError::NoUrl.is_unavailable());
-        assert!(!AiaError::Refused {
-            url: "u".into(),
-            reason: "r".into()
-        }
-        .is_unavailable());
-        assert_eq!(printable("a\nb"), "a?b");
     }
 }
