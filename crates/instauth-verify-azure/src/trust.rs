@@ -266,10 +266,11 @@ impl AzureTrust {
     }
 
     /// Only the anchors of a PEM bundle, and no issuing CAs (tests, and operators who pin
-    /// everything themselves).
+    /// everything themselves). Listed with the source `(in memory)`.
     pub fn from_roots_pem(pem: &str) -> Result<Self, TrustError> {
+        let origin = Path::new("(in memory)");
         Ok(AzureTrust {
-            roots: roots_of(pem, Path::new("roots"), &TrustSource::BuiltIn)?,
+            roots: roots_of(pem, origin, &TrustSource::File(origin.to_path_buf()))?,
             intermediates: Vec::new(),
         })
     }
