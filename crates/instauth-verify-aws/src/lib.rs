@@ -25,11 +25,12 @@ use std::path::Path;
 
 use der::Decode;
 use instauth_types::AwsInstanceIdentityRequest;
+use instauth_types::Provider;
 use instauth_verify::encoding::{decode_base64_lenient_whitespace, json_error_reason, Base64Error};
 use instauth_verify::pem::parse_certificates;
 use instauth_verify::pkcs7::{Pkcs7Error, RsaPublicKey, UnverifiedSignedData};
 use instauth_verify::trust::{parse_pem, TrustCertificate, TrustError, TrustRole, TrustSource};
-use instauth_verify::{Identity, Provider, Verified};
+use instauth_verify::{Identity, Verified};
 use serde::Deserialize;
 use x509_cert::Certificate;
 

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use der::Decode;
+use instauth_types::Provider;
 use instauth_verify::trust::{parse_pem, TrustCertificate, TrustError, TrustRole, TrustSource};
-use instauth_verify::Provider;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
 use x509_cert::Certificate;

@@ -11,7 +11,7 @@ use serde::{Serialize, Serializer};
 use x509_cert::Certificate;
 
 use crate::pem::{parse_certificates, PemCertificate, PemError};
-use crate::Provider;
+use instauth_types::Provider;
 
 /// Why configured trust material (`--aws-certificates`, `--azure-roots`,
 /// `--azure-intermediates`) could not be loaded.
