@@ -120,7 +120,6 @@ fn azure_vector_verifies_at_its_time_and_fails_now() {
             "provider": "azure",
             "instance_id": "bd8e7443-24a0-41f3-b949-8baf4fd1c573",
             "subscription_id": "5f130ffc-0a3e-4795-b691-4f56a12a5547",
-            "location": "",
         })
     );
     let out = run(dir.path(), "azure", &body, &[]);

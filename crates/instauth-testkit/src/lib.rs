@@ -17,7 +17,10 @@
 
 #![allow(clippy::unwrap_used)] // Test support: a failure here is a broken test, not input.
 
+pub mod aia_server;
+pub mod azure;
 pub mod bench;
+pub mod cpu;
 pub mod der_build;
 pub mod jwks_server;
 pub mod keys;
@@ -32,6 +35,7 @@ use rcgen::{
     KeyUsagePurpose, SerialNumber,
 };
 
+pub use aia_server::{AiaResponse, AiaServer};
 pub use der_build::{Pkcs7Signer, SignedDataBuilder};
 pub use jwks_server::JwksServer;
 pub use keys::TestKey;
@@ -81,6 +85,16 @@ pub struct Validity {
     pub not_before: DateTime<Utc>,
     /// notAfter.
     pub not_after: DateTime<Utc>,
+}
+
+impl Validity {
+    /// From `now - half` to `now + half`.
+    pub fn around(now: DateTime<Utc>, half: Duration) -> Self {
+        Validity {
+            not_before: now - half,
+            not_after: now + half,
+        }
+    }
 }
 
 fn ca_params(cn: &str, validity: Validity, serial: u64) -> CertificateParams {
@@ -214,14 +228,8 @@ impl TestPki {
 
     /// Issues everything, valid around `now`: CAs ± 1 year, the Azure leaf ± 1 hour.
     pub fn at(now: DateTime<Utc>) -> Self {
-        let long = Validity {
-            not_before: now - Duration::days(365),
-            not_after: now + Duration::days(365),
-        };
-        let leaf_validity = Validity {
-            not_before: now - Duration::hours(1),
-            not_after: now + Duration::hours(1),
-        };
+        let long = Validity::around(now, Duration::days(365));
+        let leaf_validity = Validity::around(now, Duration::hours(1));
         let aws_ca = issue_root("instauth test AWS", long, 1);
         let aws_cert_1024 =
             issue_for_public_key("ec2 test 1024", TestKey::AwsRegion1024, long, &aws_ca);

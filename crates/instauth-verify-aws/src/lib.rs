@@ -21,13 +21,15 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use der::Decode;
 use instauth_types::AwsInstanceIdentityRequest;
-use instauth_verify::encoding::{decode_base64_lenient_whitespace, Base64Error};
-use instauth_verify::pem::{parse_certificates, PemError};
+use instauth_types::Provider;
+use instauth_verify::encoding::{decode_base64_lenient_whitespace, json_error_reason, Base64Error};
+use instauth_verify::pem::parse_certificates;
 use instauth_verify::pkcs7::{Pkcs7Error, RsaPublicKey, UnverifiedSignedData};
+use instauth_verify::trust::{parse_pem, TrustCertificate, TrustError, TrustRole, TrustSource};
 use instauth_verify::{Identity, Verified};
 use serde::Deserialize;
 use x509_cert::Certificate;
@@ -78,52 +80,6 @@ pub enum AwsError {
     DocumentMismatch,
 }
 
-/// Why configured AWS certificates could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AwsTrustError {
-    /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The IO error.
-        source: std::io::Error,
-    },
-    /// A PEM file is malformed.
-    #[error("{path}: {source}")]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        source: PemError,
-    },
-    /// A certificate has no region: no `# region:` comment and the file is not `REGION.pem`.
-    #[error("{path}: certificate on line {line} has no region (add a `# region: NAME` comment or name the file NAME.pem)")]
-    NoRegion {
-        /// The file.
-        path: PathBuf,
-        /// Line of its BEGIN line.
-        line: usize,
-    },
-    /// A certificate does not parse or holds no RSA key.
-    #[error("{path}: certificate on line {line} is not a usable RSA certificate: {reason}")]
-    BadCertificate {
-        /// The file.
-        path: PathBuf,
-        /// Line of its BEGIN line.
-        line: usize,
-        /// Why.
-        reason: String,
-    },
-    /// The path holds no certificate at all (likely a mistake).
-    #[error("{path}: no certificates found")]
-    Empty {
-        /// The path.
-        path: PathBuf,
-    },
-}
-
 /// The keys trusted for one region.
 #[derive(Debug, Clone, Default)]
 struct RegionKeys {
@@ -139,6 +95,28 @@ struct RegionKeys {
 pub struct AwsCertificates {
     builtin: BTreeMap<String, RegionKeys>,
     configured: BTreeMap<String, RegionKeys>,
+    /// Every certificate loaded, built-in and configured, for [`Self::trust_certificates`].
+    listing: Vec<TrustCertificate>,
+}
+
+/// The listing entry of an AWS region certificate: only its key is used, so its validity is
+/// not checked (`expiry_checked = false`).
+fn listing_entry(
+    cert: &Certificate,
+    der: &[u8],
+    region: &str,
+    source: TrustSource,
+) -> TrustCertificate {
+    let mut entry = TrustCertificate::from_parsed(
+        Provider::Aws,
+        cert,
+        der,
+        source,
+        TrustRole::RegionCertificate,
+        false,
+    );
+    entry.region = Some(region.to_string());
+    entry
 }
 
 impl AwsCertificates {
@@ -150,6 +128,7 @@ impl AwsCertificates {
     /// The certificates AWS publishes, compiled in (`certs/`).
     pub fn builtin() -> Self {
         let mut builtin: BTreeMap<String, RegionKeys> = BTreeMap::new();
+        let mut listing = Vec::new();
         for (format_2048, table) in [(false, builtin::RSA1024), (true, builtin::RSA2048)] {
             for (region, pem) in table {
                 // The built-in files are fixed at compile time and covered by tests; a file
@@ -167,6 +146,12 @@ impl AwsCertificates {
                     else {
                         continue;
                     };
+                    listing.push(listing_entry(
+                        &parsed,
+                        &cert.der,
+                        region,
+                        TrustSource::BuiltIn,
+                    ));
                     if format_2048 {
                         entry.rsa2048.push(key);
                     } else {
@@ -178,6 +163,7 @@ impl AwsCertificates {
         AwsCertificates {
             builtin,
             configured: BTreeMap::new(),
+            listing,
         }
     }
 
@@ -190,11 +176,8 @@ impl AwsCertificates {
         pem: &str,
         file_region: Option<&str>,
         origin: &Path,
-    ) -> Result<usize, AwsTrustError> {
-        let certs = parse_certificates(pem).map_err(|source| AwsTrustError::Pem {
-            path: origin.to_path_buf(),
-            source,
-        })?;
+    ) -> Result<usize, TrustError> {
+        let certs = parse_pem(pem, origin)?;
         let count = certs.len();
         for cert in certs {
             let region = cert
@@ -202,11 +185,11 @@ impl AwsCertificates {
                 .clone()
                 .or_else(|| file_region.map(str::to_string))
                 .filter(|r| !r.is_empty())
-                .ok_or_else(|| AwsTrustError::NoRegion {
+                .ok_or_else(|| TrustError::NoRegion {
                     path: origin.to_path_buf(),
                     line: cert.line,
                 })?;
-            let bad = |reason: String| AwsTrustError::BadCertificate {
+            let bad = |reason: String| TrustError::BadCertificate {
                 path: origin.to_path_buf(),
                 line: cert.line,
                 reason,
@@ -217,6 +200,12 @@ impl AwsCertificates {
                 .map_err(|e| bad(e.to_string()))?;
             let rsa2048 = RsaPublicKey::from_certificate(&parsed, false, label)
                 .map_err(|e| bad(e.to_string()))?;
+            self.listing.push(listing_entry(
+                &parsed,
+                &cert.der,
+                &region,
+                TrustSource::File(origin.to_path_buf()),
+            ));
             let entry = self.configured.entry(region).or_default();
             entry.signature.push(signature);
             entry.rsa2048.push(rsa2048);
@@ -226,8 +215,8 @@ impl AwsCertificates {
 
     /// Adds a PEM file, or every `*.pem` / `*.crt` file of a directory (see [`Self::add_pem`];
     /// a file's name without extension is its default region).
-    pub fn add_path(&mut self, path: &Path) -> Result<usize, AwsTrustError> {
-        let io = |source| AwsTrustError::Io {
+    pub fn add_path(&mut self, path: &Path) -> Result<usize, TrustError> {
+        let io = |source| TrustError::Io {
             path: path.to_path_buf(),
             source,
         };
@@ -247,7 +236,7 @@ impl AwsCertificates {
         }
         let mut count = 0;
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| AwsTrustError::Io {
+            let text = std::fs::read_to_string(&file).map_err(|source| TrustError::Io {
                 path: file.clone(),
                 source,
             })?;
@@ -255,7 +244,7 @@ impl AwsCertificates {
             count += self.add_pem(&text, stem, &file)?;
         }
         if count == 0 {
-            return Err(AwsTrustError::Empty {
+            return Err(TrustError::Empty {
                 path: path.to_path_buf(),
             });
         }
@@ -270,6 +259,12 @@ impl AwsCertificates {
             .or_else(|| self.builtin.get(region))
             .or_else(|| self.configured.get(DEFAULT_REGION))
             .or_else(|| self.builtin.get(DEFAULT_REGION))
+    }
+
+    /// Every built-in and configured certificate, in load order. Their validity is not
+    /// checked (`expiry_checked = false`): AWS signs with keys whose certificates expired.
+    pub fn trust_certificates(&self) -> &[TrustCertificate] {
+        &self.listing
     }
 
     /// The regions with a certificate (built-in or configured), sorted.
@@ -312,13 +307,7 @@ impl UnverifiedDocument {
     fn parse(bytes: &[u8]) -> Result<Self, AwsError> {
         let document: Document =
             serde_json::from_slice(bytes).map_err(|e| AwsError::MalformedDocument {
-                // serde_json's messages may quote values; keep only the class and position.
-                reason: format!(
-                    "{:?} error at line {} column {}",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                ),
+                reason: json_error_reason(&e),
             })?;
         if document.instance_id.is_empty() {
             return Err(AwsError::MalformedDocument {
@@ -366,7 +355,7 @@ impl AwsVerifier {
 
     /// The built-in certificates, plus/overridden by the PEM file or directory `extra`
     /// (`--aws-certificates`).
-    pub fn from_config(extra: Option<&Path>) -> Result<Self, AwsTrustError> {
+    pub fn from_config(extra: Option<&Path>) -> Result<Self, TrustError> {
         let mut certificates = AwsCertificates::builtin();
         if let Some(path) = extra {
             certificates.add_path(path)?;
@@ -377,6 +366,12 @@ impl AwsVerifier {
     /// The trusted certificates.
     pub fn certificates(&self) -> &AwsCertificates {
         &self.certificates
+    }
+
+    /// Every trusted certificate, for `instauth trust list` (see
+    /// [`AwsCertificates::trust_certificates`]).
+    pub fn trust_certificates(&self) -> &[TrustCertificate] {
+        self.certificates.trust_certificates()
     }
 
     /// Verifies a request body: the PKCS#7 when `pkcs7` is present and non-empty, else the
@@ -476,6 +471,11 @@ mod tests {
             .map(|k| k.signature.len() + k.rsa2048.len())
             .sum();
         assert_eq!(loaded, files);
+        assert_eq!(certs.trust_certificates().len(), files);
+        assert!(certs
+            .trust_certificates()
+            .iter()
+            .all(|c| !c.expiry_checked && c.region.is_some() && c.source == TrustSource::BuiltIn));
         assert!(certs.regions().contains(&"us-west-2"));
         assert!(certs.regions().contains(&DEFAULT_REGION));
     }

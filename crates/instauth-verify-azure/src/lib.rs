@@ -3,32 +3,92 @@
 //! The proof is the base64 PKCS#7 of IMDS `/metadata/attested/document`. Checks, all on the ONE
 //! certificate named by the ONE `SignerInfo` (issuer and serial number), never on "some
 //! certificate in the bag" (DESIGN.md, "Lessons from peers' security bugs"):
-//! 1. its subject alternative names include `metadata.azure.com`, `metadata.azure.us`,
+//! 0. the certificate bag holds at most [`MAX_BAG_CERTIFICATES`] certificates of at most
+//!    [`MAX_CERTIFICATE_LEN`] bytes, checked before any signature work;
+//! 1. the signer's subject alternative names include `metadata.azure.com`, `metadata.azure.us`,
 //!    `metadata.azure.cn` or `metadata.microsoftazure.de`, or a subdomain of one;
-//! 2. it chains (rustls-webpki, TLS server usage) to a trusted root at the clock's time, through
-//!    intermediates from the PKCS#7, built in, or configured;
+//! 2. it chains (rustls-webpki, TLS server usage) to a pinned Azure root ([`AzureTrust`]) at the
+//!    clock's time, through issuing CAs that are built in, configured, fetched (AIA) or in the
+//!    bag, selected by name from the signer upwards so that no proof can make path building
+//!    expensive (see [`chain`] for the bounds and why);
 //! 3. its key verifies the signature over the content. Azure signs with
 //!    `digestAlgorithm = sha256WithRSAEncryption` and no signed attributes (RSA over the raw
 //!    content); that shape is accepted explicitly. With signed attributes, the `messageDigest`
-//!    and the signature over the attributes are checked.
+//!    and the signature over the attributes are checked;
+//! 4. the content's own `timeStamp` window holds; `vmId` (required), `subscriptionId` and
+//!    `location` (when present) are read from it.
 //!
-//! Then `vmId`, `subscriptionId` and `location` are read from the verified content.
+//! # Running it
+//!
+//! Verification is synchronous CPU work (a few RSA operations): run [`AzureVerifier::verify`],
+//! or an [`AzureJob`] from [`AzureVerifier::job`], on a blocking pool, never on the threads that
+//! serve HTTP. The verifier spawns no threads and does no IO.
+//!
+//! When the signer's issuing CA is unknown (a generation newer than the built-in ones), the
+//! error is [`AzureError::UnknownIssuer`], carrying the signer's `caIssuers` URLs. Fetching is
+//! async IO, done by an [`aia::AiaFetcher`]; [`AzureVerifier::verify_with_aia`] runs the whole
+//! protocol:
+//! 1. run the job; unless it fails with `UnknownIssuer`, that is the answer;
+//! 2. fetch the issuer with [`aia::AiaFetcher::fetch`] (allow-listed hosts only, bounded,
+//!    cached, rate-limited); a failure is [`AzureError::Aia`];
+//! 3. run the job again with the fetched certificates ([`AzureJob::with_fetched`]): a fetched
+//!    certificate is admitted into the verifier's set of issuing CAs only if the signer's chain
+//!    verifies through it to a pinned root; then [`aia::AiaFetcher::remember`] stores it in the
+//!    persistent cache. Later proofs of that generation verify in step 1.
+//!
+//! ```no_run
+//! # async fn demo(req: instauth_types::AzureInstanceIdentityRequest) -> Result<(), instauth_verify_azure::AzureError> {
+//! use std::sync::Arc;
+//! use instauth_verify_azure::{aia::AiaFetcher, AzureError, AzureTrust, AzureVerifier};
+//!
+//! let verifier = AzureVerifier::new(AzureTrust::builtin(), Arc::new(instauth_verify::SystemClock));
+//! let fetcher = AiaFetcher::new(None)?;
+//! // Here the job runs inline; the server hands it to its blocking pool instead.
+//! let identity = verifier
+//!     .verify_with_aia(&req, Some(&fetcher), |job| async move {
+//!         Ok::<_, AzureError>(job.run())
+//!     })
+//!     .await?;
+//! println!("{}", identity.instance_id());
+//! # Ok(()) }
+//! ```
+//!
+//! [`AzureVerifier::replace_trust`] swaps the trust material (SIGHUP) and keeps fetched CAs;
+//! [`AzureVerifier::trust_certificates`] lists everything trusted for `instauth trust list`.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use instauth_types::AzureInstanceIdentityRequest;
-use instauth_verify::encoding::{decode_base64_lenient_whitespace, Base64Error};
-use instauth_verify::pem::{parse_certificates, PemError};
-use instauth_verify::pkcs7::{Pkcs7Error, RsaPublicKey, UnverifiedSignedData};
+use instauth_verify::encoding::decode_base64_lenient_whitespace;
+use instauth_verify::pkcs7::{BagCertificate, Pkcs7Error, RsaPublicKey, UnverifiedSignedData};
+use instauth_verify::trust::{TrustCertificate, TrustSource};
 use instauth_verify::{Clock, Identity, Verified};
-use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
-use serde::Deserialize;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::{AuthorityInfoAccessSyntax, SubjectAltName};
 use x509_cert::Certificate;
+
+pub mod aia;
+pub mod chain;
+mod document;
+mod error;
+mod trust;
+
+pub use aia::{AiaError, AiaFetcher};
+pub use chain::{
+    MAX_BAG_CERTIFICATES, MAX_CANDIDATES, MAX_CERTIFICATE_LEN, MAX_PATH_INTERMEDIATES,
+};
+pub use document::TIMESTAMP_LEEWAY_SECONDS;
+pub use error::{AzureError, MissingIssuer};
+pub use trust::AzureTrust;
+
+use aia::{printable, FetchedIssuer};
+use der::Decode;
+use trust::{CaCert, Names};
 
 /// DNS names (and their subdomains) Azure's attested-data signing certificates are issued for.
 pub const ALLOWED_SIGNER_NAMES: &[&str] = &[
@@ -38,288 +98,88 @@ pub const ALLOWED_SIGNER_NAMES: &[&str] = &[
     "metadata.microsoftazure.de",
 ];
 
-const BUILTIN_ROOTS: &[&str] = &[
-    include_str!("../certs/root-digicert-global-root-g2.pem"),
-    include_str!("../certs/root-baltimore-cybertrust-root.pem"),
-];
+/// Most fetched issuing CAs kept (oldest dropped first); a generation has a handful.
+pub const MAX_FETCHED_ISSUERS: usize = 16;
+/// Most `caIssuers` URLs read from a signer certificate.
+const MAX_CA_ISSUER_URLS: usize = 4;
 
-const BUILTIN_INTERMEDIATES: &[&str] = &[
-    include_str!("../certs/intermediate-microsoft-azure-tls-issuing-ca-05.pem"),
-    include_str!("../certs/intermediate-microsoft-rsa-tls-ca-01.pem"),
-];
-
-/// Why an Azure proof was rejected. No variant carries signature or content bytes.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AzureError {
-    /// `signature` is empty.
-    #[error("no proof: `signature` is empty")]
-    MissingProof,
-    /// `encoding` is neither empty nor `pkcs7`.
-    #[error("unsupported encoding {encoding:?}, expected \"pkcs7\"")]
-    UnsupportedEncoding {
-        /// The encoding given (at most 32 characters of it).
-        encoding: String,
-    },
-    /// `signature` is not base64.
-    #[error("field `signature` is {0}")]
-    Base64(#[from] Base64Error),
-    /// The PKCS#7 body is malformed, or its signer or signature does not check out.
-    #[error(transparent)]
-    Pkcs7(#[from] Pkcs7Error),
-    /// The signer certificate is not issued for an Azure metadata name.
-    #[error("signer certificate is not valid for an Azure metadata name (it names {names:?})")]
-    UntrustedSignerName {
-        /// The DNS names of the certificate (at most 8).
-        names: Vec<String>,
-    },
-    /// The signer certificate or one of its issuers has expired at the verification time.
-    #[error("signer certificate chain expired: now {now}, not after {not_after}")]
-    CertificateExpired {
-        /// The verification time.
-        now: DateTime<Utc>,
-        /// The certificate's notAfter.
-        not_after: DateTime<Utc>,
-    },
-    /// The signer certificate or one of its issuers is not valid yet at the verification time.
-    #[error("signer certificate chain not yet valid: now {now}, not before {not_before}")]
-    CertificateNotYetValid {
-        /// The verification time.
-        now: DateTime<Utc>,
-        /// The certificate's notBefore.
-        not_before: DateTime<Utc>,
-    },
-    /// The signer certificate does not chain to a trusted root.
-    #[error("signer certificate does not chain to a trusted Azure root: {reason}")]
-    UntrustedChain {
-        /// webpki's reason.
-        reason: String,
-    },
-    /// The attested document's own validity (`timeStamp.expiresOn`, about 6 hours after
-    /// `createdOn`) has passed: a replayed proof.
-    #[error("attested document expired: now {now}, expiresOn {expires_on}")]
-    DocumentExpired {
-        /// The verification time.
-        now: DateTime<Utc>,
-        /// The document's `expiresOn`.
-        expires_on: DateTime<Utc>,
-    },
-    /// The attested document was created after the verification time.
-    #[error("attested document not yet valid: now {now}, createdOn {created_on}")]
-    DocumentNotYetValid {
-        /// The verification time.
-        now: DateTime<Utc>,
-        /// The document's `createdOn`.
-        created_on: DateTime<Utc>,
-    },
-    /// The signed content is not the attested document JSON.
-    #[error("attested document is not valid: {reason}")]
-    MalformedDocument {
-        /// Which part is wrong (never the document's text).
-        reason: String,
-    },
-}
-
-/// Why configured Azure trust material could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AzureTrustError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The IO error.
-        source: std::io::Error,
-    },
-    /// A PEM file is malformed.
-    #[error("{path}: {source}")]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        source: PemError,
-    },
-    /// A certificate cannot serve as a trust anchor.
-    #[error("{path}: certificate on line {line} cannot be a trust anchor: {reason}")]
-    BadRoot {
-        /// The file.
-        path: PathBuf,
-        /// Line of its BEGIN line.
-        line: usize,
-        /// Why.
-        reason: String,
-    },
-    /// The file holds no certificate.
-    #[error("{path}: no certificates found")]
-    Empty {
-        /// The path.
-        path: PathBuf,
-    },
-}
-
-/// Trust anchors and extra intermediates for Azure signer certificates.
-#[derive(Debug, Clone)]
-pub struct AzureTrust {
-    roots: Vec<TrustAnchor<'static>>,
-    intermediates: Vec<CertificateDer<'static>>,
-}
-
-fn pem_ders(pem: &str, origin: &Path) -> Result<Vec<(usize, Vec<u8>)>, AzureTrustError> {
-    let certs = parse_certificates(pem).map_err(|source| AzureTrustError::Pem {
-        path: origin.to_path_buf(),
-        source,
-    })?;
-    if certs.is_empty() {
-        return Err(AzureTrustError::Empty {
-            path: origin.to_path_buf(),
-        });
-    }
-    Ok(certs.into_iter().map(|c| (c.line, c.der)).collect())
-}
-
-fn anchors(pem: &str, origin: &Path) -> Result<Vec<TrustAnchor<'static>>, AzureTrustError> {
-    let mut out = Vec::new();
-    for (line, der) in pem_ders(pem, origin)? {
-        let der = CertificateDer::from(der);
-        let anchor =
-            webpki::anchor_from_trusted_cert(&der).map_err(|e| AzureTrustError::BadRoot {
-                path: origin.to_path_buf(),
-                line,
-                reason: format!("{e:?}"),
-            })?;
-        out.push(anchor.to_owned());
-    }
-    Ok(out)
-}
-
-fn read(path: &Path) -> Result<String, AzureTrustError> {
-    std::fs::read_to_string(path).map_err(|source| AzureTrustError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-impl AzureTrust {
-    /// Built-in roots (DigiCert Global Root G2, Baltimore CyberTrust Root for old proofs, and the
-    /// Microsoft and DigiCert Global Root G2/G3 anchors of webpki-roots) and intermediates.
-    pub fn builtin() -> Self {
-        let mut roots = Vec::new();
-        for pem in BUILTIN_ROOTS {
-            // Fixed at compile time and covered by tests.
-            if let Ok(mut a) = anchors(pem, Path::new("built-in")) {
-                roots.append(&mut a);
-            }
-        }
-        for anchor in webpki_roots::TLS_SERVER_ROOTS {
-            let subject = anchor.subject.as_ref();
-            let wanted = [
-                &b"Microsoft"[..],
-                b"DigiCert Global Root G2",
-                b"DigiCert Global Root G3",
-            ];
-            let is_wanted = wanted
-                .iter()
-                .any(|w| subject.windows(w.len()).any(|s| s == *w));
-            if is_wanted && !roots.iter().any(|r| r.subject.as_ref() == subject) {
-                roots.push(anchor.clone());
-            }
-        }
-        let mut intermediates = Vec::new();
-        for pem in BUILTIN_INTERMEDIATES {
-            if let Ok(ders) = pem_ders(pem, Path::new("built-in")) {
-                intermediates.extend(ders.into_iter().map(|(_, d)| CertificateDer::from(d)));
-            }
-        }
-        AzureTrust {
-            roots,
-            intermediates,
-        }
-    }
-
-    /// Only the anchors of a PEM bundle, and no extra intermediates.
-    pub fn from_roots_pem(pem: &str) -> Result<Self, AzureTrustError> {
-        Ok(AzureTrust {
-            roots: anchors(pem, Path::new("roots"))?,
-            intermediates: Vec::new(),
-        })
-    }
-
-    /// Replaces the anchors with those of a PEM bundle (`--azure-roots`).
-    pub fn replace_roots_pem(&mut self, pem: &str, origin: &Path) -> Result<(), AzureTrustError> {
-        self.roots = anchors(pem, origin)?;
-        Ok(())
-    }
-
-    /// Adds the intermediates of a PEM bundle (`--azure-intermediates`).
-    pub fn add_intermediates_pem(
-        &mut self,
-        pem: &str,
-        origin: &Path,
-    ) -> Result<(), AzureTrustError> {
-        for (_, der) in pem_ders(pem, origin)? {
-            self.intermediates.push(CertificateDer::from(der));
-        }
-        Ok(())
-    }
-
-    /// The built-in trust, with roots replaced by the PEM file `roots` and intermediates added
-    /// from the PEM file `intermediates`, as the server and CLI flags say.
-    pub fn from_config(
-        roots: Option<&Path>,
-        intermediates: Option<&Path>,
-    ) -> Result<Self, AzureTrustError> {
-        let mut trust = Self::builtin();
-        if let Some(path) = roots {
-            trust.replace_roots_pem(&read(path)?, path)?;
-        }
-        if let Some(path) = intermediates {
-            trust.add_intermediates_pem(&read(path)?, path)?;
-        }
-        Ok(trust)
-    }
-
-    /// How many trust anchors there are.
-    pub fn root_count(&self) -> usize {
-        self.roots.len()
-    }
-}
-
-/// Verifies Azure attested documents. Cheap to share (`Arc`) and `Sync`.
-#[derive(Debug, Clone)]
-pub struct AzureVerifier {
+/// Trust material plus the issuing CAs admitted from AIA fetches.
+#[derive(Debug)]
+struct State {
     trust: AzureTrust,
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    fetched: Vec<Admitted>,
+}
+
+/// An issuing CA admitted from an AIA fetch.
+#[derive(Debug, Clone)]
+struct Admitted {
+    ca: CaCert,
+    info: TrustCertificate,
+    url: String,
+}
+
+impl State {
+    fn new(trust: AzureTrust, fetched: Vec<Admitted>) -> Self {
+        let anchors = trust.roots.iter().map(|r| r.anchor.clone()).collect();
+        State {
+            trust,
+            anchors,
+            fetched,
+        }
+    }
+}
+
+/// Verifies Azure attested documents. Cheap to clone (clones share the trust material and the
+/// fetched issuing CAs) and `Sync`.
+#[derive(Clone)]
+pub struct AzureVerifier {
+    state: Arc<RwLock<Arc<State>>>,
     clock: Arc<dyn Clock>,
 }
 
-/// The fields of an attested document instauth uses.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AttestedDocument {
-    vm_id: String,
-    subscription_id: String,
-    #[serde(default)]
-    location: String,
-    time_stamp: TimeStamp,
+impl fmt::Debug for AzureVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.snapshot();
+        f.debug_struct("AzureVerifier")
+            .field("roots", &state.trust.root_count())
+            .field("intermediates", &state.trust.intermediate_count())
+            .field("fetched", &state.fetched.len())
+            .field("clock", &self.clock)
+            .finish()
+    }
 }
 
-/// `timeStamp` of an attested document: `"04/19/22 01:27:21 -0000"` (month/day/year).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TimeStamp {
-    created_on: String,
-    expires_on: String,
+/// One verification, to run on a blocking pool ([`AzureJob::run`]). Holds the request; its
+/// `Debug` never shows the proof.
+#[derive(Clone)]
+pub struct AzureJob {
+    verifier: AzureVerifier,
+    request: AzureInstanceIdentityRequest,
+    fetched: Option<FetchedIssuer>,
 }
 
-/// Leeway for clock skew between Azure and this server when checking `timeStamp`.
-pub const TIMESTAMP_LEEWAY_SECONDS: i64 = 60;
+impl fmt::Debug for AzureJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureJob")
+            .field("fetched", &self.fetched)
+            .finish_non_exhaustive()
+    }
+}
 
-fn parse_timestamp(field: &str, value: &str) -> Result<DateTime<Utc>, AzureError> {
-    DateTime::parse_from_str(value, "%m/%d/%y %H:%M:%S %z")
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| AzureError::MalformedDocument {
-            reason: format!("timeStamp.{field} is not MM/DD/YY HH:MM:SS ±ZZZZ"),
-        })
+impl AzureJob {
+    /// Offers the certificates fetched for the signer's issuer as candidates; one the signer's
+    /// chain verifies through is admitted into the verifier.
+    pub fn with_fetched(mut self, fetched: FetchedIssuer) -> Self {
+        self.fetched = Some(fetched);
+        self
+    }
+
+    /// Verifies (synchronous CPU work).
+    pub fn run(self) -> Result<Verified<Identity>, AzureError> {
+        self.verifier
+            .verify_request(&self.request, self.fetched.as_ref())
+    }
 }
 
 fn unix_time(t: DateTime<Utc>) -> UnixTime {
@@ -363,16 +223,115 @@ fn dns_names(cert: &Certificate) -> Result<Vec<String>, AzureError> {
         .collect())
 }
 
+/// The `caIssuers` URLs of `cert` (at most 4; longer than 512 bytes skipped).
+fn ca_issuer_urls(cert: &Certificate) -> Vec<String> {
+    let Ok(Some((_, aia))) = cert.tbs_certificate.get::<AuthorityInfoAccessSyntax>() else {
+        return Vec::new();
+    };
+    aia.0
+        .iter()
+        .filter(|d| d.access_method == const_oid::db::rfc5280::ID_AD_CA_ISSUERS)
+        .filter_map(|d| match &d.access_location {
+            GeneralName::UniformResourceIdentifier(uri) if uri.as_str().len() <= 512 => {
+                Some(uri.as_str().to_string())
+            }
+            _ => None,
+        })
+        .take(MAX_CA_ISSUER_URLS)
+        .collect()
+}
+
 impl AzureVerifier {
     /// A verifier with `trust`, checking certificate validity at `clock`'s time.
     pub fn new(trust: AzureTrust, clock: Arc<dyn Clock>) -> Self {
-        AzureVerifier { trust, clock }
+        AzureVerifier {
+            state: Arc::new(RwLock::new(Arc::new(State::new(trust, Vec::new())))),
+            clock,
+        }
     }
 
-    /// Verifies a request body.
+    fn snapshot(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the trust material (SIGHUP), keeping the fetched issuing CAs (a path through
+    /// one still has to end at one of the new anchors).
+    pub fn replace_trust(&self, trust: AzureTrust) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        *state = Arc::new(State::new(trust, state.fetched.clone()));
+    }
+
+    /// Every trusted certificate: roots, built-in and configured issuing CAs, and the ones
+    /// admitted from AIA fetches (source = their URL). For `instauth trust list` and the
+    /// expiry metric.
+    pub fn trust_certificates(&self) -> Vec<TrustCertificate> {
+        let state = self.snapshot();
+        let mut all = state.trust.trust_certificates();
+        all.extend(state.fetched.iter().map(|a| a.info.clone()));
+        all
+    }
+
+    /// The DER of the issuing CA admitted from `url`, if one was.
+    pub fn admitted_from(&self, url: &str) -> Option<Vec<u8>> {
+        self.snapshot()
+            .fetched
+            .iter()
+            .find(|a| a.url == url)
+            .map(|a| a.ca.der.to_vec())
+    }
+
+    /// A job verifying `req`, to run on a blocking pool.
+    pub fn job(&self, req: &AzureInstanceIdentityRequest) -> AzureJob {
+        AzureJob {
+            verifier: self.clone(),
+            request: req.clone(),
+            fetched: None,
+        }
+    }
+
+    /// Verifies a request body (synchronous CPU work; see the crate documentation).
     pub fn verify(
         &self,
         req: &AzureInstanceIdentityRequest,
+    ) -> Result<Verified<Identity>, AzureError> {
+        self.verify_request(req, None)
+    }
+
+    /// Verifies `req`, fetching an unknown issuing CA with `aia` (when given) as the crate
+    /// documentation describes. `run_sync` runs a job on the caller's blocking pool; its `Err`
+    /// is the pool's own failure, passed through.
+    pub async fn verify_with_aia<F, Fut, E>(
+        &self,
+        req: &AzureInstanceIdentityRequest,
+        aia: Option<&AiaFetcher>,
+        mut run_sync: F,
+    ) -> Result<Verified<Identity>, E>
+    where
+        F: FnMut(AzureJob) -> Fut,
+        Fut: Future<Output = Result<Result<Verified<Identity>, AzureError>, E>>,
+        E: From<AzureError>,
+    {
+        let first = run_sync(self.job(req)).await?;
+        let (missing, fetcher) = match (first, aia) {
+            (Err(AzureError::UnknownIssuer(missing)), Some(fetcher)) => (missing, fetcher),
+            (other, _) => return other.map_err(E::from),
+        };
+        let fetched = fetcher
+            .fetch(&missing)
+            .await
+            .map_err(|e| E::from(AzureError::Aia(e)))?;
+        let url = fetched.url.clone();
+        let second = run_sync(self.job(req).with_fetched(fetched)).await?;
+        if let Some(der) = self.admitted_from(&url) {
+            fetcher.remember(&url, &der).await;
+        }
+        second.map_err(E::from)
+    }
+
+    fn verify_request(
+        &self,
+        req: &AzureInstanceIdentityRequest,
+        fetched: Option<&FetchedIssuer>,
     ) -> Result<Verified<Identity>, AzureError> {
         if !req.encoding.is_empty() && !req.encoding.eq_ignore_ascii_case("pkcs7") {
             return Err(AzureError::UnsupportedEncoding {
@@ -383,12 +342,35 @@ impl AzureVerifier {
             return Err(AzureError::MissingProof);
         }
         let body = decode_base64_lenient_whitespace(&req.signature)?;
-        self.verify_pkcs7_der(&body)
+        self.verify_der(&body, fetched)
     }
 
     /// Verifies a PKCS#7 body (DER or BER).
     pub fn verify_pkcs7_der(&self, body: &[u8]) -> Result<Verified<Identity>, AzureError> {
+        self.verify_der(body, None)
+    }
+
+    fn verify_der(
+        &self,
+        body: &[u8],
+        fetched: Option<&FetchedIssuer>,
+    ) -> Result<Verified<Identity>, AzureError> {
         let signed = UnverifiedSignedData::parse(body)?;
+
+        // 0. Bound the bag before anything costs more than parsing.
+        let bag = signed.certificates();
+        if bag.len() > MAX_BAG_CERTIFICATES {
+            return Err(AzureError::CertificateBagTooLarge {
+                count: bag.len(),
+                max: MAX_BAG_CERTIFICATES,
+            });
+        }
+        if let Some(big) = bag.iter().find(|c| c.der.len() > MAX_CERTIFICATE_LEN) {
+            return Err(AzureError::CertificateTooLarge {
+                len: big.der.len(),
+                max: MAX_CERTIFICATE_LEN,
+            });
+        }
         let signer = signed.single_signer()?;
         let signer_cert = signed.signer_certificate(signer)?;
 
@@ -396,84 +378,142 @@ impl AzureVerifier {
         let names = dns_names(&signer_cert.certificate)?;
         if !names.iter().any(|n| allowed_name(n)) {
             return Err(AzureError::UntrustedSignerName {
-                names: names.into_iter().take(8).collect(),
+                names: names.into_iter().take(8).map(|n| printable(&n)).collect(),
             });
         }
 
         // 2. Chain, on the same certificate.
-        let ee_der = CertificateDer::from(signer_cert.der.as_slice());
-        let ee =
-            webpki::EndEntityCert::try_from(&ee_der).map_err(|e| AzureError::UntrustedChain {
-                reason: format!("{e:?}"),
-            })?;
-        let mut intermediates: Vec<CertificateDer<'_>> = signed
-            .certificates()
-            .iter()
-            .filter(|c| c.der != signer_cert.der)
-            .map(|c| CertificateDer::from(c.der.as_slice()))
-            .collect();
-        intermediates.extend(self.trust.intermediates.iter().cloned());
         let now = self.clock.now();
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &self.trust.roots,
-            &intermediates,
-            unix_time(now),
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { not_after, .. } => AzureError::CertificateExpired {
-                now,
-                not_after: from_unix(not_after),
-            },
-            webpki::Error::CertNotValidYet { not_before, .. } => {
-                AzureError::CertificateNotYetValid {
-                    now,
-                    not_before: from_unix(not_before),
-                }
-            }
-            other => AzureError::UntrustedChain {
-                reason: format!("{other:?}"),
-            },
-        })?;
+        self.check_chain(signer_cert, bag, fetched, now)?;
 
         // 3. Signature over the content, with that certificate's key.
         let key =
             RsaPublicKey::from_certificate(&signer_cert.certificate, false, "signer certificate")?;
         let content = signed.verify_signer(signer, &key, true)?;
 
-        let doc: AttestedDocument =
-            serde_json::from_slice(content).map_err(|e| AzureError::MalformedDocument {
-                reason: format!(
-                    "{:?} error at line {} column {}",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                ),
-            })?;
-        if doc.vm_id.is_empty() {
-            return Err(AzureError::MalformedDocument {
-                reason: "vmId is empty".into(),
-            });
-        }
-        // The document's own lifetime bounds replay of a captured proof to hours, where the
-        // signer certificate alone would allow months.
-        let leeway = chrono::Duration::seconds(TIMESTAMP_LEEWAY_SECONDS);
-        let created_on = parse_timestamp("createdOn", &doc.time_stamp.created_on)?;
-        let expires_on = parse_timestamp("expiresOn", &doc.time_stamp.expires_on)?;
-        if now > expires_on + leeway {
-            return Err(AzureError::DocumentExpired { now, expires_on });
-        }
-        if now + leeway < created_on {
-            return Err(AzureError::DocumentNotYetValid { now, created_on });
-        }
+        // 4. The verified document.
+        let doc = document::read(content, now)?;
         Ok(Verified::__new_after_verification(Identity::Azure {
             instance_id: doc.vm_id,
             subscription_id: doc.subscription_id,
             location: doc.location,
         }))
+    }
+
+    fn check_chain(
+        &self,
+        signer: &BagCertificate,
+        bag: &[BagCertificate],
+        fetched: Option<&FetchedIssuer>,
+        now: DateTime<Utc>,
+    ) -> Result<(), AzureError> {
+        let untrusted = |reason: String| AzureError::UntrustedChain { reason };
+        let signer_names = Names::of(&signer.der, &signer.certificate).map_err(untrusted)?;
+        let state = self.snapshot();
+        let fetched_cas: Vec<CaCert> = fetched
+            .map(|f| {
+                f.certificates
+                    .iter()
+                    .filter_map(|der| CaCert::parse(der.clone()).ok().map(|(ca, _)| ca))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Bag certificates other than the signer; a self-issued one could only be a root,
+        // and roots come from the trust material.
+        let bag_cas: Vec<CaCert> = bag
+            .iter()
+            .filter(|c| c.der != signer.der)
+            .filter_map(|c| CaCert::parse(c.der.clone()).ok().map(|(ca, _)| ca))
+            .filter(|c| !c.names.is_self_issued())
+            .collect();
+        let pool: Vec<&CaCert> = state
+            .trust
+            .intermediates
+            .iter()
+            .map(|t| &t.ca)
+            .chain(state.fetched.iter().map(|a| &a.ca))
+            .chain(fetched_cas.iter())
+            .chain(bag_cas.iter())
+            .collect();
+        let selection = chain::select(&signer_names, &state.trust.roots, &pool);
+        if !selection.issuer_known {
+            let issuer = &signer.certificate.tbs_certificate.issuer;
+            return Err(AzureError::UnknownIssuer(MissingIssuer {
+                issuer: printable(&issuer.to_string()),
+                ca_issuers: ca_issuer_urls(&signer.certificate)
+                    .iter()
+                    .map(|u| printable(u))
+                    .collect(),
+                issuer_name: signer_names.issuer.clone(),
+                issuer_key_id: signer_names.aki.clone(),
+            }));
+        }
+
+        let ee_der = CertificateDer::from(signer.der.as_slice());
+        let ee =
+            webpki::EndEntityCert::try_from(&ee_der).map_err(|e| untrusted(format!("{e:?}")))?;
+        let path = ee
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &state.anchors,
+                &selection.candidates,
+                unix_time(now),
+                webpki::KeyUsage::server_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                webpki::Error::CertExpired { not_after, .. } => AzureError::CertificateExpired {
+                    now,
+                    not_after: from_unix(not_after),
+                },
+                webpki::Error::CertNotValidYet { not_before, .. } => {
+                    AzureError::CertificateNotYetValid {
+                        now,
+                        not_before: from_unix(not_before),
+                    }
+                }
+                other => untrusted(format!("{other:?}")),
+            })?;
+
+        // Admit a fetched certificate only now: it chains to a pinned root at `now` and it
+        // issued this signer.
+        let admit: Vec<&CaCert> = fetched_cas
+            .iter()
+            .filter(|ca| {
+                path.intermediate_certificates()
+                    .any(|used| used.der().as_ref() == ca.der.as_ref())
+            })
+            .collect();
+        if let (Some(f), false) = (fetched, admit.is_empty()) {
+            self.admit(&admit, &f.url);
+        }
+        Ok(())
+    }
+
+    fn admit(&self, cas: &[&CaCert], url: &str) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut fetched = state.fetched.clone();
+        for ca in cas {
+            if fetched.iter().any(|a| a.ca.der == ca.der) {
+                continue;
+            }
+            let Ok(cert) = Certificate::from_der(&ca.der) else {
+                continue;
+            };
+            let info = ca.describe(&cert, TrustSource::Fetched(url.to_string()));
+            tracing::info!(url, subject = %info.subject, "Admitted a fetched Azure issuing CA.");
+            fetched.push(Admitted {
+                ca: (*ca).clone(),
+                info,
+                url: url.to_string(),
+            });
+        }
+        if fetched.len() > MAX_FETCHED_ISSUERS {
+            let excess = fetched.len() - MAX_FETCHED_ISSUERS;
+            fetched.drain(..excess);
+        }
+        *state = Arc::new(State::new(state.trust.clone(), fetched));
     }
 }
 
@@ -491,12 +531,5 @@ mod tests {
         assert!(!allowed_name("metadata.azure.com.evil.example"));
         assert!(!allowed_name(".metadata.azure.com"));
         assert!(!allowed_name("azure.com"));
-    }
-
-    #[test]
-    fn builtin_trust_loads() {
-        let t = AzureTrust::builtin();
-        assert!(t.root_count() >= 2);
-        assert_eq!(t.intermediates.len(), 2);
     }
 }

@@ -1,4 +1,5 @@
-//! Base64 decoding for proofs that clouds hand out wrapped in lines.
+//! Decoding of proof fields: base64 that clouds hand out wrapped in lines, and JSON errors that
+//! must not echo the document.
 
 use base64::Engine;
 
@@ -36,6 +37,17 @@ pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Er
         })
 }
 
+/// Why a JSON document did not parse, without any of its text: serde_json's messages may quote
+/// values, so only the error class and position are kept.
+pub fn json_error_reason(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +61,13 @@ mod tests {
         assert!(decode_base64_lenient_whitespace("aGVs*bG8=").is_err());
         assert!(decode_base64_lenient_whitespace("aGVsbG8").is_err());
         assert!(decode_base64_lenient_whitespace("  ").is_err());
+    }
+
+    #[test]
+    fn json_errors_do_not_quote_the_document() {
+        let e = serde_json::from_str::<u32>("\"secret\"").unwrap_err();
+        let reason = json_error_reason(&e);
+        assert!(!reason.contains("secret"), "{reason}");
+        assert!(reason.contains("line 1"), "{reason}");
     }
 }

@@ -9,7 +9,9 @@
 //! for a `Verified` one.
 //!
 //! This crate also holds the pieces the verifiers share: the injectable [`Clock`], a strict
-//! base64 decoder, and the PKCS#7 `SignedData` reader used for AWS and Azure ([`pkcs7`]).
+//! base64 decoder, the PKCS#7 `SignedData` reader used for AWS and Azure ([`pkcs7`]), and the
+//! trust-material vocabulary of both ([`trust`]: one [`trust::TrustError`] for loading PEM
+//! files, and [`trust::TrustCertificate`], what `instauth trust list` prints).
 
 use std::fmt;
 use std::sync::Mutex;
@@ -22,6 +24,7 @@ pub mod ber;
 pub mod encoding;
 pub mod pem;
 pub mod pkcs7;
+pub mod trust;
 
 /// Who an instance is, as stated by its cloud.
 ///
@@ -40,13 +43,19 @@ pub enum Identity {
         region: String,
     },
     /// An Azure VM.
+    ///
+    /// Attested documents only always carry `vmId` (and `timeStamp`); older ones lack
+    /// `subscriptionId`, and none seen so far carries `location`. Absent or empty fields are
+    /// `None` and left out of the JSON.
     Azure {
         /// `vmId` of the attested document.
         instance_id: String,
-        /// `subscriptionId` of the attested document.
-        subscription_id: String,
-        /// `location` of the attested document (empty when the document has none).
-        location: String,
+        /// `subscriptionId` of the attested document, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subscription_id: Option<String>,
+        /// `location` of the attested document, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        location: Option<String>,
     },
     /// A Compute Engine instance.
     Gcp {
@@ -205,6 +214,15 @@ mod tests {
             serde_json::json!({"provider":"gcp","instance_id":"42","project_id":"p","zone":"z"})
         );
         assert_eq!(gcp.provider(), Provider::Gcp);
+        let azure = Identity::Azure {
+            instance_id: "vm".into(),
+            subscription_id: Some("s".into()),
+            location: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&azure).unwrap(),
+            serde_json::json!({"provider":"azure","instance_id":"vm","subscription_id":"s"})
+        );
         assert_eq!(gcp.instance_id(), "42");
     }
 
