@@ -249,26 +249,28 @@ async fn open_store(db: &DbArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a signal that arrives right after "listening on" must not find the
+/// default action (exit without flushing) still in place.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("Shutting down: finishing in-flight requests.");
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Shutting down: finishing in-flight requests.");
+    })
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
@@ -277,6 +279,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => args.db.data_dir()?.join("admin-token"),
     };
+    let shutdown = shutdown_signal()?;
     let admin_token = admin_token(&token_path)?;
     let verifiers = args
         .trust
@@ -308,7 +311,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         shutdown_deadline: args.shutdown_deadline,
         ..Default::default()
     };
-    match instauth_api::serve::serve(listener, app, serve_config, shutdown_signal()).await {
+    match instauth_api::serve::serve(listener, app, serve_config, shutdown).await {
         instauth_api::serve::Shutdown::Graceful => {}
         instauth_api::serve::Shutdown::DeadlineReached(open) => tracing::warn!(
             connections = open,
