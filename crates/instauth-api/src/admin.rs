@@ -147,6 +147,21 @@ pub(crate) async fn list_workspaces(
     ))
 }
 
+/// A workspace name from the path: one that no workspace can have is not found, and one with
+/// control characters is refused outright (it must not reach the database or a log).
+fn workspace_param(name: String) -> Result<String, ApiError> {
+    if instauth_store::validate::has_control(&name) {
+        return Err(ApiError::Validation(vec![ValidationError {
+            field: "workspace".into(),
+            detail: "must not contain control characters".into(),
+        }]));
+    }
+    if !instauth_store::validate::is_valid_workspace_name(&name) {
+        return Err(workspace_not_found(&name));
+    }
+    Ok(name)
+}
+
 fn workspace_not_found(name: &str) -> ApiError {
     ApiError::NotFound(format!(
         "Workspace \"{}\" not found.",
@@ -160,6 +175,7 @@ pub(crate) async fn show_workspace(
     _: Admin,
     PathParam(name): PathParam<String>,
 ) -> Result<Json<WorkspaceInfo>, ApiError> {
+    let name = workspace_param(name)?;
     match state.inner.store.get_workspace(&name).await? {
         Some(w) => Ok(Json(info(&state, w, true))),
         None => Err(workspace_not_found(&name)),
@@ -172,6 +188,7 @@ pub(crate) async fn delete_workspace(
     _: Admin,
     PathParam(name): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
+    let name = workspace_param(name)?;
     if state.inner.store.delete_workspace(&name).await? {
         tracing::info!(workspace = %name, "Workspace deleted.");
         Ok(StatusCode::NO_CONTENT)

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use instauth_policy::{decide, requested_name, Decision, Named};
+use instauth_store::validate::has_control;
 use instauth_store::{Candidate, NewAuditRecord};
 use instauth_types::{
     AuthenticateResponse, AwsInstanceIdentityRequest, AzureInstanceIdentityRequest,
@@ -78,12 +79,6 @@ fn check_name(out: &mut Vec<ValidationError>, name: Option<&str>) {
             );
         }
     }
-}
-
-/// True if `s` holds a control character (NUL, newline, ESC, ...): never part of a name or an
-/// ID, and refused the same way on both backends.
-pub(crate) fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
 }
 
 /// A verified identity whose claims hold control characters is not one a cloud issues: refuse

@@ -38,6 +38,12 @@ pub fn is_valid_agent_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
+/// True if `s` holds a control character (NUL, newline, ESC, ...). PostgreSQL cannot store NUL
+/// in text, and none belongs in a name or an ID: refused the same way on both backends.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 fn problem(out: &mut Vec<FieldError>, field: String, detail: impl Into<String>) {
     out.push(FieldError {
         field,
@@ -147,11 +153,17 @@ pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for (ri, r) in build.resources.into_iter().enumerate() {
         let rf = format!("resources[{ri}]");
-        if r.name.is_empty() || r.name.len() > MAX_RESOURCE_FIELD_LEN {
+        if has_control(&r.name) {
             problem(
                 &mut out,
                 format!("{rf}.name"),
-                format!("must be 1 to {MAX_RESOURCE_FIELD_LEN} bytes"),
+                "must not contain control characters",
+            );
+        } else if r.name.trim().is_empty() || r.name.len() > MAX_RESOURCE_FIELD_LEN {
+            problem(
+                &mut out,
+                format!("{rf}.name"),
+                format!("must be 1 to {MAX_RESOURCE_FIELD_LEN} bytes, not blank"),
             );
         } else if !resource_names.insert(r.name.clone()) {
             problem(
@@ -160,11 +172,19 @@ pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild
                 format!("duplicate resource name {:?}", r.name),
             );
         }
-        if r.resource_type.is_empty() || r.resource_type.len() > MAX_RESOURCE_FIELD_LEN {
+        if has_control(&r.resource_type) {
             problem(
                 &mut out,
                 format!("{rf}.type"),
-                format!("must be 1 to {MAX_RESOURCE_FIELD_LEN} bytes"),
+                "must not contain control characters",
+            );
+        } else if r.resource_type.trim().is_empty()
+            || r.resource_type.len() > MAX_RESOURCE_FIELD_LEN
+        {
+            problem(
+                &mut out,
+                format!("{rf}.type"),
+                format!("must be 1 to {MAX_RESOURCE_FIELD_LEN} bytes, not blank"),
             );
         }
         for (ai, a) in r.agents.into_iter().enumerate() {
@@ -199,6 +219,11 @@ pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild
                     &mut out,
                     format!("{af}.instance_id"),
                     format!("required for auth {auth}"),
+                ),
+                (_, Some(id)) if has_control(id) => problem(
+                    &mut out,
+                    format!("{af}.instance_id"),
+                    "must not contain control characters",
                 ),
                 (true, Some(id)) if id.len() > MAX_INSTANCE_ID_LEN || id.trim() != id => problem(
                     &mut out,
