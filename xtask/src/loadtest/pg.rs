@@ -101,6 +101,31 @@ impl Drop for TempDatabase {
     }
 }
 
+/// Drops the databases of earlier load tests whose process is gone (interrupted runs); a
+/// running load test's own, named after its live PID, are left alone.
+pub fn drop_orphaned_databases() -> anyhow::Result<()> {
+    let names = psql(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'instauth\\_load\\_%'",
+    )?;
+    for name in names.lines() {
+        let pid = name
+            .strip_prefix("instauth_load_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("dropping {name}, left by an interrupted load test");
+                psql(
+                    "postgres",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// True when a database of that name exists.
 pub fn database_exists(name: &str) -> anyhow::Result<bool> {
     Ok(psql(

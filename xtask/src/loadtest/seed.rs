@@ -102,7 +102,7 @@ pub async fn seed(
             }
             Ok(())
         }));
-        if w > 0 && w % 20 == 0 {
+        if w > 0 && w.is_multiple_of(20) {
             eprintln!(
                 "  seeding: {} agents sent ({:.0?})",
                 first,
