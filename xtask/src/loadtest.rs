@@ -488,6 +488,7 @@ fn run_one(
     ));
     let before = snapshot(ctx, None, None)?;
     let p = pg::run_pgbench(ctx.seconds)?;
+    cpu::wait_backends_reaped(ctx.postmaster, pg::PGBENCH_DB)?;
     let after = snapshot(ctx, None, None)?;
     eprintln!(
         "  tps {:.0}, {} transactions, latency average {:.3} ms, {} failed",

@@ -14,6 +14,8 @@ pub struct ProcStat {
     pub pid: u32,
     /// Executable name (`comm`, at most 15 bytes).
     pub comm: String,
+    /// State (`R`, `S`, ..., `Z` for a zombie not yet reaped).
+    pub state: char,
     /// Parent process ID.
     pub ppid: u32,
     /// User-mode ticks of the process itself (all its threads).
@@ -58,6 +60,10 @@ pub fn parse_stat(text: &str) -> anyhow::Result<ProcStat> {
     Ok(ProcStat {
         pid,
         comm,
+        state: rest
+            .first()
+            .and_then(|s| s.chars().next())
+            .context("stat has no state")?,
         ppid: u32::try_from(field(4)?).context("ppid")?,
         utime: field(14)?,
         stime: field(15)?,
@@ -135,6 +141,40 @@ pub fn postgres_ticks(postmaster: u32, database: Option<&str>) -> anyhow::Result
     Ok(ticks)
 }
 
+/// Waits until the postmaster has reaped every backend of `database` (a client that just exited
+/// leaves backends that are still exiting, or zombies, whose time is not yet in the postmaster's
+/// children ticks). Bounded by a deadline.
+pub fn wait_backends_reaped(postmaster: u32, database: &str) -> anyhow::Result<()> {
+    let needle = format!(" {database} ");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut pending = 0;
+        for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = read_stat(pid) else { continue };
+            if stat.ppid == postmaster
+                && (stat.state == 'Z' || is_backend_of(&entry.path(), &needle))
+            {
+                pending += 1;
+            }
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{pending} backends of {database} still not reaped after 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// True when the process title (`postgres: USER DATABASE HOST(PORT) STATE`) names the database.
 fn is_backend_of(proc_dir: &Path, needle: &str) -> bool {
     std::fs::read(proc_dir.join("cmdline"))
@@ -165,6 +205,7 @@ mod tests {
         assert_eq!(s.pid, 4242);
         assert_eq!(s.comm, "my (odd) name");
         assert_eq!(s.ppid, 17);
+        assert_eq!(s.state, 'S');
         assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (305, 41, 7, 3));
         assert_eq!(s.own(), 346);
         assert_eq!(s.children(), 10);
