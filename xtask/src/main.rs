@@ -3,14 +3,19 @@
 //!   test of the workspace (cargo-nextest when installed, else cargo test).
 //! - `ci`: what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
 //! - `bench`: the criterion benchmarks.
+//! - `loadtest`: a fleet's exchanges and heartbeats against the release server, beside
+//!   `pgbench -S` (`cargo xtask loadtest --help`; docs/BENCHMARKS.md "Fleet load").
+
+mod loadtest;
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("$ {cmd:?}");
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
@@ -19,8 +24,14 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The workspace root (the parent of `xtask/`).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
 fn postgres_answers() -> bool {
@@ -30,7 +41,7 @@ fn postgres_answers() -> bool {
 
 /// Tests use PostgreSQL for real. When INSTAUTH_TEST_POSTGRES_URL names another server, that is
 /// the caller's to run; otherwise start the local cluster if it is down.
-fn ensure_postgres() -> anyhow::Result<()> {
+pub(crate) fn ensure_postgres() -> anyhow::Result<()> {
     if std::env::var_os("INSTAUTH_TEST_POSTGRES_URL").is_some() || postgres_answers() {
         return Ok(());
     }
@@ -91,12 +102,13 @@ fn bench() -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    match task.as_str() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str).unwrap_or_default() {
         "test" => test(),
         "ci" => ci(),
         "bench" => bench(),
-        _ => bail!("usage: cargo xtask <test|ci|bench>"),
+        "loadtest" => loadtest::main(&args[1..]),
+        _ => bail!("usage: cargo xtask <test|ci|bench|loadtest>"),
     }
 }
 

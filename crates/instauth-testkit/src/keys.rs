@@ -1,5 +1,7 @@
 //! The committed test-only RSA keys (`testdata/README.md`) and signing with them.
 
+use std::sync::OnceLock;
+
 use base64::Engine;
 use rsa::pkcs1::EncodeRsaPublicKey;
 use rsa::pkcs8::DecodePrivateKey;
@@ -53,8 +55,35 @@ impl TestKey {
             .unwrap()
     }
 
-    fn rsa(self) -> rsa::RsaPrivateKey {
-        rsa::RsaPrivateKey::from_pkcs8_pem(self.pem()).unwrap()
+    /// Position in [`TestKey::ALL`], for the per-key caches.
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|&k| k == self).unwrap()
+    }
+
+    /// Every key.
+    pub const ALL: [TestKey; 8] = [
+        TestKey::AzureSigner,
+        TestKey::Attacker,
+        TestKey::AwsRegion2048,
+        TestKey::AwsOther2048,
+        TestKey::AwsRegion1024,
+        TestKey::AwsOther1024,
+        TestKey::Gcp1,
+        TestKey::Gcp2,
+    ];
+
+    /// Parsed once per process: loading a private key costs more than signing with it, and
+    /// load tests sign tens of thousands of proofs.
+    fn rsa(self) -> &'static rsa::RsaPrivateKey {
+        static KEYS: [OnceLock<rsa::RsaPrivateKey>; 8] = [const { OnceLock::new() }; 8];
+        KEYS[self.index()].get_or_init(|| rsa::RsaPrivateKey::from_pkcs8_pem(self.pem()).unwrap())
+    }
+
+    /// The ring key pair (2048-bit keys only), parsed once per process.
+    fn ring_pair(self) -> &'static ring::signature::RsaKeyPair {
+        static PAIRS: [OnceLock<ring::signature::RsaKeyPair>; 8] = [const { OnceLock::new() }; 8];
+        PAIRS[self.index()]
+            .get_or_init(|| ring::signature::RsaKeyPair::from_pkcs8(&self.pkcs8_der()).unwrap())
     }
 
     /// Is this a 1024-bit key (which ring will not sign with)?
@@ -92,7 +121,7 @@ impl TestKey {
                 .sign(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), digest.as_ref())
                 .unwrap()
         } else {
-            let pair = ring::signature::RsaKeyPair::from_pkcs8(&self.pkcs8_der()).unwrap();
+            let pair = self.ring_pair();
             let mut sig = vec![0; pair.public().modulus_len()];
             pair.sign(
                 &ring::signature::RSA_PKCS1_SHA256,

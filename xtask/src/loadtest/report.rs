@@ -1,0 +1,406 @@
+//! Results of a run: the markdown table for docs/BENCHMARKS.md and the targets of issue 11.
+
+use std::fmt::Write;
+
+/// One load's numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadResult {
+    /// `exchange`, `heartbeat` or `pgbench -S`.
+    pub name: String,
+    /// Completed requests (transactions for pgbench).
+    pub requests: u64,
+    /// Requests (transactions) per second.
+    pub rps: f64,
+    /// Median latency, µs (wrk only).
+    pub p50_us: Option<f64>,
+    /// 99th percentile latency, µs (wrk only).
+    pub p99_us: Option<f64>,
+    /// Database transactions per request (PostgreSQL, server loads only).
+    pub xacts_per_request: Option<f64>,
+    /// CPU of the server process per request, µs.
+    pub server_cpu_us: Option<f64>,
+    /// CPU of every PostgreSQL process per request, µs.
+    pub pg_cpu_us: Option<f64>,
+    /// Of which the server's own (pooled, long-lived) backends, µs.
+    pub pg_backends_cpu_us: Option<f64>,
+    /// CPU of the load generator (wrk or pgbench) per request, µs.
+    pub client_cpu_us: Option<f64>,
+    /// Requests answered with a status ≥ 400 or not answered (socket errors, timeouts).
+    pub failures: u64,
+}
+
+/// One backend at one fleet size.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunResult {
+    /// `postgres` or `sqlite`.
+    pub backend: String,
+    /// Agents registered.
+    pub agents: usize,
+    /// Distinct proofs and session tokens rotated by the loads.
+    pub distinct: usize,
+    /// Seconds per load.
+    pub seconds: u64,
+    /// wrk connections.
+    pub connections: u32,
+    /// Time to register the agents, s.
+    pub seed_s: f64,
+    /// Time to sign the proofs, s.
+    pub proofs_s: f64,
+    /// Time to exchange each proof once for its token, s.
+    pub tokens_s: f64,
+    /// The loads, in the order they ran; the last is pgbench.
+    pub loads: Vec<LoadResult>,
+    /// Load average when the run started and when it ended.
+    pub loadavg: (String, String),
+}
+
+impl RunResult {
+    /// The load of that name.
+    pub fn load(&self, name: &str) -> Option<&LoadResult> {
+        self.loads.iter().find(|l| l.name == name)
+    }
+
+    /// `pgbench -S` transactions per second of the run.
+    pub fn pgbench_tps(&self) -> Option<f64> {
+        self.load(PGBENCH).map(|l| l.rps)
+    }
+}
+
+/// Name of the pgbench yardstick load.
+pub const PGBENCH: &str = "pgbench -S";
+/// Name of the exchange load.
+pub const EXCHANGE: &str = "exchange";
+/// Name of the heartbeat load.
+pub const HEARTBEAT: &str = "heartbeat";
+/// Heartbeat interval the fleet size is computed for (SPEC §6 default).
+pub const HEARTBEAT_INTERVAL_S: f64 = 15.0;
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.filter(|x| x.is_finite())
+        .map(f)
+        .unwrap_or_else(|| "—".into())
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+/// Thousands separated by a thin space-free comma, e.g. `12,345`.
+fn count(x: f64) -> String {
+    let n = x.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The markdown table of the runs.
+pub fn markdown(runs: &[RunResult]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| backend | agents | load | req/s | × pgbench -S | p50 | p99 | DB xacts/req | server CPU µs/req | PostgreSQL CPU µs/req (server's backends) | client CPU µs/req | failed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        let tps = r.pgbench_tps();
+        for l in &r.loads {
+            let ratio = match tps {
+                Some(t) if t > 0.0 => format!("{:.3}", l.rps / t),
+                _ => "—".into(),
+            };
+            let pg = match (l.pg_cpu_us, l.pg_backends_cpu_us) {
+                (Some(all), Some(own)) => format!("{all:.0} ({own:.0})"),
+                (Some(all), None) => format!("{all:.0}"),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.backend,
+                count(r.agents as f64),
+                l.name,
+                count(l.rps),
+                ratio,
+                opt(l.p50_us, ms),
+                opt(l.p99_us, ms),
+                opt(l.xacts_per_request, |x| format!("{x:.2}")),
+                opt(l.server_cpu_us, |x| format!("{x:.0}")),
+                pg,
+                opt(l.client_cpu_us, |x| format!("{x:.0}")),
+                l.failures,
+            );
+        }
+    }
+    out
+}
+
+/// Setup times of the runs.
+pub fn setup_lines(runs: &[RunResult]) -> String {
+    let mut out = String::new();
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "{} {} agents: seeding {:.1} s ({} agents/s), signing {} proofs {:.1} s, \
+             {} exchanges for tokens {:.1} s; load average {} → {}",
+            r.backend,
+            count(r.agents as f64),
+            r.seed_s,
+            count(r.agents as f64 / r.seed_s.max(1e-9)),
+            count(r.distinct as f64),
+            r.proofs_s,
+            count(r.distinct as f64),
+            r.tokens_s,
+            r.loadavg.0,
+            r.loadavg.1,
+        );
+    }
+    out
+}
+
+/// One target of issue 11's table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// What is measured.
+    pub what: String,
+    /// The measurement, formatted.
+    pub measured: String,
+    /// The target, formatted.
+    pub target: String,
+    /// Whether it is met.
+    pub met: bool,
+}
+
+fn target(what: &str, measured: String, target: &str, met: bool) -> Target {
+    Target {
+        what: what.into(),
+        measured,
+        target: target.into(),
+        met,
+    }
+}
+
+/// The targets of issue 11 that this run measured: every one on PostgreSQL, the fleet size on
+/// SQLite.
+pub fn targets(r: &RunResult) -> Vec<Target> {
+    let mut out = Vec::new();
+    let tps = r.pgbench_tps().unwrap_or(f64::NAN);
+    let postgres = r.backend == "postgres";
+    if let Some(h) = r.load(HEARTBEAT) {
+        let fleet = h.rps * HEARTBEAT_INTERVAL_S;
+        if postgres {
+            let ratio = h.rps / tps;
+            out.push(target(
+                "heartbeats/s ÷ pgbench -S",
+                format!("{ratio:.3}"),
+                "≥ 0.45",
+                ratio >= 0.45,
+            ));
+            let x = h.xacts_per_request.unwrap_or(f64::NAN);
+            out.push(target(
+                "DB transactions per heartbeat",
+                format!("{x:.3}"),
+                "≤ 0.05",
+                x <= 0.05,
+            ));
+            let pg = h.pg_cpu_us.unwrap_or(f64::NAN);
+            out.push(target(
+                "PostgreSQL CPU per heartbeat",
+                format!("{pg:.0} µs"),
+                "≤ 15 µs",
+                pg <= 15.0,
+            ));
+        }
+        let need = if postgres { 300_000.0 } else { 200_000.0 };
+        out.push(target(
+            "fleet carried at 15 s heartbeats",
+            count(fleet),
+            if postgres {
+                "≥ 300,000"
+            } else {
+                "≥ 200,000"
+            },
+            fleet >= need,
+        ));
+    }
+    if let (Some(e), true) = (r.load(EXCHANGE), postgres) {
+        let ratio = e.rps / tps;
+        out.push(target(
+            "exchanges/s ÷ pgbench -S",
+            format!("{ratio:.3}"),
+            "≥ 0.35",
+            ratio >= 0.35,
+        ));
+        let cpu = e.server_cpu_us.unwrap_or(f64::NAN);
+        out.push(target(
+            "server CPU per exchange",
+            format!("{cpu:.0} µs"),
+            "≤ 60 µs",
+            cpu <= 60.0,
+        ));
+        let p99 = e.p99_us.unwrap_or(f64::NAN);
+        out.push(target("exchange p99", ms(p99), "< 5 ms", p99 < 5000.0));
+    }
+    out
+}
+
+/// Latency and throughput at the larger fleet relative to the smaller one, and the targets
+/// (median latency ≤ 1.2× at the larger fleet).
+pub fn compare(small: &RunResult, large: &RunResult) -> (String, Vec<Target>) {
+    let mut out = format!(
+        "| load ({}) | p50 {} → {} agents | p99 | req/s |\n|---|---|---|---|\n",
+        large.backend,
+        count(small.agents as f64),
+        count(large.agents as f64)
+    );
+    let mut checks = Vec::new();
+    for name in [EXCHANGE, HEARTBEAT] {
+        let (Some(a), Some(b)) = (small.load(name), large.load(name)) else {
+            continue;
+        };
+        let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if x > 0.0 => y / x,
+            _ => f64::NAN,
+        };
+        let p50 = ratio(a.p50_us, b.p50_us);
+        let p99 = ratio(a.p99_us, b.p99_us);
+        let rps = if a.rps > 0.0 { b.rps / a.rps } else { f64::NAN };
+        let _ = writeln!(out, "| {name} | {p50:.2}× | {p99:.2}× | {rps:.2}× |");
+        checks.push(target(
+            &format!(
+                "{name} p50 at {} vs {} agents",
+                count(large.agents as f64),
+                count(small.agents as f64)
+            ),
+            format!("{p50:.2}×"),
+            "≤ 1.2×",
+            p50 <= 1.2,
+        ));
+    }
+    (out, checks)
+}
+
+/// The targets as a markdown table.
+pub fn targets_markdown(label: &str, targets: &[Target]) -> String {
+    let mut out = format!("| {label} | measured | target | met |\n|---|---|---|---|\n");
+    for t in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.what,
+            t.measured,
+            t.target,
+            if t.met { "yes" } else { "**no**" }
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str, rps: f64) -> LoadResult {
+        LoadResult {
+            name: name.into(),
+            requests: (rps * 20.0) as u64,
+            rps,
+            ..Default::default()
+        }
+    }
+
+    fn run(backend: &str) -> RunResult {
+        RunResult {
+            backend: backend.into(),
+            agents: 100_000,
+            distinct: 20_000,
+            seconds: 20,
+            connections: 64,
+            loads: vec![
+                LoadResult {
+                    p50_us: Some(3000.0),
+                    p99_us: Some(10_000.0),
+                    server_cpu_us: Some(105.0),
+                    ..load(EXCHANGE, 10_000.0)
+                },
+                LoadResult {
+                    p50_us: Some(1000.0),
+                    p99_us: Some(4000.0),
+                    xacts_per_request: Some(2.8),
+                    pg_cpu_us: Some(225.0),
+                    pg_backends_cpu_us: Some(200.0),
+                    ..load(HEARTBEAT, 5_000.0)
+                },
+                load(PGBENCH, 40_000.0),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn issue_11_baseline_misses_every_postgres_target() {
+        let t = targets(&run("postgres"));
+        assert_eq!(t.len(), 7);
+        assert!(t.iter().all(|t| !t.met), "{t:?}");
+        let fleet = t
+            .iter()
+            .find(|t| t.what.starts_with("fleet"))
+            .expect("fleet");
+        assert_eq!(fleet.measured, "75,000");
+    }
+
+    #[test]
+    fn targets_met_when_numbers_are_good() {
+        let mut r = run("postgres");
+        r.loads[0].rps = 15_000.0;
+        r.loads[0].server_cpu_us = Some(50.0);
+        r.loads[0].p99_us = Some(4_000.0);
+        r.loads[1].rps = 20_000.0;
+        r.loads[1].xacts_per_request = Some(0.01);
+        r.loads[1].pg_cpu_us = Some(10.0);
+        assert!(targets(&r).iter().all(|t| t.met), "{:?}", targets(&r));
+    }
+
+    #[test]
+    fn sqlite_checks_only_the_fleet() {
+        let mut r = run("sqlite");
+        r.loads[1].rps = 14_000.0;
+        let t = targets(&r);
+        assert_eq!(t.len(), 1);
+        assert!(t[0].met);
+        assert_eq!(t[0].measured, "210,000");
+    }
+
+    #[test]
+    fn table_has_a_row_per_load_with_ratio() {
+        let table = markdown(&[run("postgres")]);
+        assert_eq!(table.lines().count(), 2 + 3);
+        assert!(table.contains("| postgres | 100,000 | heartbeat | 5,000 | 0.125 | 1.00 ms | 4.00 ms | 2.80 | — | 225 (200) |"), "{table}");
+        assert!(table.contains("| pgbench -S | 40,000 | 1.000 |"), "{table}");
+    }
+
+    #[test]
+    fn comparison_is_large_over_small() {
+        let small = run("postgres");
+        let mut large = run("postgres");
+        large.agents = 1_000_000;
+        large.loads[0].p50_us = Some(3300.0);
+        large.loads[1].p50_us = Some(1500.0);
+        let (table, checks) = compare(&small, &large);
+        assert!(table.contains("| exchange | 1.10× |"), "{table}");
+        assert!(checks[0].met);
+        assert!(!checks[1].met);
+    }
+
+    #[test]
+    fn counts_have_separators() {
+        assert_eq!(count(0.0), "0");
+        assert_eq!(count(999.4), "999");
+        assert_eq!(count(1000.0), "1,000");
+        assert_eq!(count(1_234_567.0), "1,234,567");
+    }
+}
