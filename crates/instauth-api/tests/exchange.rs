@@ -796,6 +796,37 @@ server_test!(metrics_count_exchanges, |srv| async move {
     assert_eq!(res.status(), 404);
 });
 
+server_test!(
+    metrics_count_heartbeats_and_trust_expiry,
+    |srv| async move {
+        srv.build("ws", &[("main", "i-1", None)]).await;
+        let token = srv.token("i-1", None).await;
+        assert_eq!(srv.heartbeat(&token, "ready").await, 204);
+        assert_eq!(srv.heartbeat(&token, "bogus").await, 400);
+        srv.state
+            .metrics()
+            .set_trust_certificate_expiry("aws", "CN=test", 1_900_000_000);
+        let res = srv
+            .http
+            .get(format!("{}/metrics", srv.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = res.text().await.unwrap();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("instauth_heartbeats_total 1"), "{text}");
+        assert!(has("instauth_audit_records_dropped_total 0"), "{text}");
+        assert!(
+        has("instauth_trust_certificate_expiry_timestamp_seconds{provider=\"aws\",subject=\"CN=test\"} 1900000000"),
+        "{text}"
+    );
+    }
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_rate_limit_gets_429() {
     let db = TestDb::sqlite();
