@@ -19,6 +19,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
+use instauth_types::Provider;
+
 /// Upper bounds of the exchange duration histogram, in seconds.
 pub const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -44,10 +46,6 @@ struct CertificateLabels {
     subject: String,
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(BUCKETS)
-}
-
 /// `instauth_db_queries_total`: the store counts statements itself, so the value is read when
 /// scraped rather than mirrored into a second counter on every statement.
 struct DbQueries(Box<dyn Fn() -> u64 + Send + Sync>);
@@ -71,14 +69,15 @@ impl Collector for DbQueries {
     }
 }
 
-/// The server's metrics. Observations touch only atomics and the per-provider histogram's own
-/// lock; the label families are read-locked, and write-locked only the first time a label set
-/// is seen.
+/// The server's metrics. An exchange touches the counter family (read-locked, write-locked
+/// only the first time a provider and outcome meet) and its provider's histogram, resolved
+/// once here and indexed by the provider, under the histogram's own lock.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     exchanges: Family<ExchangeLabels, Counter>,
-    durations: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    /// One per [`Provider`], in [`Provider::ALL`] order.
+    durations: [Histogram; Provider::ALL.len()],
     heartbeats: Counter,
     audit_dropped: Counter,
     certificate_expiry: Family<CertificateLabels, Gauge>,
@@ -88,7 +87,15 @@ impl Metrics {
     /// Registers every series; `db_queries` returns the store's statement count when scraped.
     pub fn new(db_queries: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         let exchanges = Family::<ExchangeLabels, Counter>::default();
-        let durations = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let duration_family = Family::<ProviderLabel, Histogram, _>::new_with_constructor(
+            (|| Histogram::new(BUCKETS)) as fn() -> Histogram,
+        );
+        let durations = std::array::from_fn(|i| {
+            let provider = Provider::ALL[i].as_str();
+            duration_family
+                .get_or_create(&ProviderLabel { provider })
+                .clone()
+        });
         let heartbeats = Counter::default();
         let audit_dropped = Counter::default();
         let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
@@ -102,7 +109,7 @@ impl Metrics {
         registry.register(
             "instauth_exchange_duration_seconds",
             "Time to answer a token exchange",
-            durations.clone(),
+            duration_family,
         );
         registry.register_collector(Box::new(DbQueries(Box::new(db_queries))));
         registry.register(
@@ -136,13 +143,15 @@ impl Metrics {
     }
 
     /// Counts one exchange and its duration.
-    pub fn exchange(&self, provider: &'static str, outcome: &'static str, took: Duration) {
+    pub fn exchange(&self, provider: Provider, outcome: &'static str, took: Duration) {
         self.exchanges
-            .get_or_create(&ExchangeLabels { provider, outcome })
+            .get_or_create(&ExchangeLabels {
+                provider: provider.as_str(),
+                outcome,
+            })
             .inc();
-        self.durations
-            .get_or_create(&ProviderLabel { provider })
-            .observe(took.as_secs_f64());
+        // `ALL` lists the variants in declaration order, which is their discriminant order.
+        self.durations[provider as usize].observe(took.as_secs_f64());
     }
 
     /// Counts one accepted heartbeat.
@@ -156,15 +165,10 @@ impl Metrics {
     }
 
     /// Records when a trusted certificate of `provider` expires (its notAfter, Unix seconds).
-    pub fn set_trust_certificate_expiry(
-        &self,
-        provider: &'static str,
-        subject: &str,
-        not_after: i64,
-    ) {
+    pub fn set_trust_certificate_expiry(&self, provider: Provider, subject: &str, not_after: i64) {
         self.certificate_expiry
             .get_or_create(&CertificateLabels {
-                provider,
+                provider: provider.as_str(),
                 subject: subject.to_owned(),
             })
             .set(not_after);
@@ -189,12 +193,12 @@ mod tests {
     #[test]
     fn renders_every_series_in_the_prometheus_text_format() {
         let m = Metrics::new(|| 7);
-        m.exchange("aws", "ok", Duration::from_millis(3));
-        m.exchange("aws", "ok", Duration::from_secs(5));
-        m.exchange("gcp", "conflict", Duration::from_micros(100));
+        m.exchange(Provider::Aws, "ok", Duration::from_millis(3));
+        m.exchange(Provider::Aws, "ok", Duration::from_secs(5));
+        m.exchange(Provider::Gcp, "conflict", Duration::from_micros(100));
         m.heartbeat();
         m.audit_dropped();
-        m.set_trust_certificate_expiry("azure", "CN=Root \"R1\"", 1_900_000_000);
+        m.set_trust_certificate_expiry(Provider::Azure, "CN=Root \"R1\"", 1_900_000_000);
         let text = m.render();
         for line in [
             "# HELP instauth_exchanges_total Token exchange attempts by provider and outcome.",
@@ -210,6 +214,7 @@ mod tests {
             "instauth_exchange_duration_seconds_sum{provider=\"aws\"} 5.003",
             "instauth_exchange_duration_seconds_count{provider=\"aws\"} 2",
             "instauth_exchange_duration_seconds_bucket{provider=\"gcp\",le=\"0.0005\"} 1",
+            "instauth_exchange_duration_seconds_count{provider=\"azure\"} 0",
             "# HELP instauth_db_queries_total SQL statements sent to the database.",
             "# TYPE instauth_db_queries_total counter",
             "instauth_db_queries_total 7",
@@ -233,6 +238,10 @@ mod tests {
     fn series_never_observed_are_absent_and_the_rest_start_at_zero() {
         let text = Metrics::new(|| 0).render();
         assert!(!text.contains("instauth_exchanges_total{"), "{text}");
+        for p in Provider::ALL {
+            let count = format!("instauth_exchange_duration_seconds_count{{provider=\"{p}\"}} 0");
+            assert!(text.lines().any(|l| l == count), "{text}");
+        }
         assert!(text.lines().any(|l| l == "instauth_heartbeats_total 0"));
         assert!(text
             .lines()

@@ -856,9 +856,11 @@ server_test!(
         let token = srv.token("i-1", None).await;
         assert_eq!(srv.heartbeat(&token, "ready").await, 204);
         assert_eq!(srv.heartbeat(&token, "bogus").await, 400);
-        srv.state
-            .metrics()
-            .set_trust_certificate_expiry("aws", "CN=test", 1_900_000_000);
+        srv.state.metrics().set_trust_certificate_expiry(
+            instauth_types::Provider::Aws,
+            "CN=test",
+            1_900_000_000,
+        );
         let res = srv
             .http
             .get(format!("{}/metrics", srv.url))
