@@ -99,15 +99,22 @@ const MACHETE: &str = "cargo-machete@0.9.2";
 /// metadata, so renamed libraries such as `rustls-webpki` -> `webpki` are matched), then the
 /// workspace's own `[workspace.dependencies]`, which cargo-machete does not read.
 fn unused_dependencies() -> anyhow::Result<()> {
-    let installed = cargo()
-        .args(["machete", "--version"])
+    // cargo-machete takes itself for a cargo subcommand only when `CARGO_PKG_NAME` is unset,
+    // and `cargo run` (which runs this task) sets it.
+    let machete = || {
+        let mut cmd = cargo();
+        cmd.env_remove("CARGO_PKG_NAME").arg("machete");
+        cmd
+    };
+    let installed = machete()
+        .arg("--version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !installed {
         run(cargo().args(["install", "--locked", MACHETE]))?;
     }
-    run(cargo().args(["machete", "--with-metadata"]))?;
+    run(machete().arg("--with-metadata"))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let unused = unused_workspace_dependencies(&root)?;
     if !unused.is_empty() {
