@@ -13,13 +13,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use instauth_testkit::bench::{self, Criterion};
 use instauth_testkit::imds::{AwsImdsMode, FakeImds};
 use instauth_testkit::TestPki;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_instauth-agent");
+/// Longest wait for a log line of a child process before the bench gives up.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Spawns the agent and returns it once it logged `connected`.
 async fn connected_agent(server: &str, imds: &str, interval: &str) -> Child {
@@ -39,14 +41,23 @@ async fn connected_agent(server: &str, imds: &str, interval: &str) -> Child {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.contains(" connected") {
-            // Keep draining so the agent never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return child;
+    let connected = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(" connected") {
+                return true;
+            }
         }
-    }
-    panic!("the agent exited before connecting");
+        false
+    })
+    .await;
+    assert_eq!(
+        connected,
+        Ok(true),
+        "the agent did not connect within {WAIT:?}"
+    );
+    // Keep draining so the agent never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
 }
 
 /// The real server on SQLite with the test AWS certificate and one AWS agent `main` on
@@ -83,12 +94,16 @@ async fn real_server(pki: &TestPki, instance: &str) -> Option<(Child, String, te
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next_line().await.unwrap().unwrap();
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.trim().to_owned();
+    let url = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.trim().to_owned();
+            }
         }
-    };
+    })
+    .await
+    .expect("the server did not start listening");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     let resp = reqwest::Client::new()
@@ -117,11 +132,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 }
 
 fn agent_process(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = bench::runtime();
     let pki = TestPki::new();
     let (server, imds) = rt.block_on(async {
         (
@@ -129,37 +140,28 @@ fn agent_process(c: &mut Criterion) {
             FakeImds::aws(&pki, "i-bench", "us-east-1", AwsImdsMode::Imdsv2Required).await,
         )
     });
+    // Spawn to connected, without the kill that ends each run.
+    let spawn_to_connected = |iters: u64, url: &str| {
+        rt.block_on(async {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let mut child = connected_agent(url, imds.url(), "15s").await;
+                total += start.elapsed();
+                child.kill().await.unwrap();
+            }
+            total
+        })
+    };
     let mut group = c.benchmark_group("agent_process");
     group.sample_size(20);
     group.bench_function("spawn_to_connected_aws_loopback", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let mut child = connected_agent(&server.url, imds.url(), "15s").await;
-                    total += start.elapsed();
-                    child.kill().await.unwrap();
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| spawn_to_connected(iters, &server.url))
     });
     let real = rt.block_on(real_server(&pki, "i-bench"));
     if let Some((_, url, _)) = &real {
         group.bench_function("spawn_to_connected_aws_real_server_sqlite", |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let start = Instant::now();
-                        let mut child = connected_agent(url, imds.url(), "15s").await;
-                        total += start.elapsed();
-                        child.kill().await.unwrap();
-                    }
-                    total
-                })
-            })
+            b.iter_custom(|iters| spawn_to_connected(iters, url))
         });
     }
     group.finish();
@@ -176,5 +178,4 @@ fn agent_process(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, agent_process);
-criterion_main!(benches);
+instauth_testkit::bench_main!(agent_process);

@@ -8,20 +8,16 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion};
 use instauth_agent_sdk::{
     Client, ClientOptions, Credentials, GoogleIdentity, LifecycleState, MetadataClient,
     MetadataEndpoints, Provider, Session,
 };
+use instauth_testkit::bench::{self, Criterion};
 use instauth_testkit::imds::{AwsImdsMode, FakeImds};
 use instauth_testkit::TestPki;
 
 fn start_to_connected(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = bench::runtime();
     let pki = TestPki::new();
     let (server, imds) = rt.block_on(async {
         (
@@ -53,5 +49,4 @@ fn start_to_connected(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, start_to_connected);
-criterion_main!(benches);
+instauth_testkit::bench_main!(start_to_connected);

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     async fn handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
         (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
             m.render(),
         )
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::FakeServer;
@@ -350,6 +350,15 @@ async fn header_command_headers_go_on_every_request() {
     assert!(header_command("echo not-a-header").await.is_err());
 }
 
+/// Polls `done` every 5 ms; fails the test if it does not hold within 10 s.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn fast_options() -> AgentOptions {
     AgentOptions {
         heartbeat_interval: Duration::from_millis(20),
@@ -375,15 +384,14 @@ async fn the_agent_heartbeats_and_reports_shutdown() {
             .await
     });
     // Wait for a few heartbeats, revoking the session midway to force a re-exchange.
-    while server.heartbeats().len() < 3 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("3 heartbeats", || server.heartbeats().len() >= 3).await;
     assert!(status.lock().unwrap().connected);
     server.revoke_all();
     let before = server.heartbeats().len();
-    while server.heartbeats().len() < before + 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("2 heartbeats after the revocation", || {
+        server.heartbeats().len() >= before + 2
+    })
+    .await;
     tx.send(()).unwrap();
     run.await.unwrap();
 
@@ -416,16 +424,15 @@ async fn the_agent_retries_a_409_until_the_names_are_resolved() {
             })
             .await
     });
-    while server.exchange_count() < 3 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("3 exchanges answered 409", || server.exchange_count() >= 3).await;
     let last_error = status.lock().unwrap().last_error.clone().unwrap();
     assert!(last_error.contains("dev, main"), "{last_error}");
     assert!(server.heartbeats().is_empty());
     server.config.lock().unwrap().conflict = None;
-    while server.heartbeats().len() < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("2 heartbeats once the names resolve", || {
+        server.heartbeats().len() >= 2
+    })
+    .await;
     tx.send(()).unwrap();
     run.await.unwrap();
 }

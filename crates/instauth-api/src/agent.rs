@@ -92,5 +92,6 @@ pub(crate) async fn heartbeat(
         .store
         .record_heartbeat(a.agent_id, lifecycle, instauth_store::now())
         .await?;
+    state.inner.metrics.heartbeat();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

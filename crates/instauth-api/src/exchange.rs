@@ -229,10 +229,7 @@ async fn exchange<R>(
         Err(e) => e.outcome(),
     };
     let took = started.elapsed();
-    state
-        .inner
-        .metrics
-        .exchange(provider.as_str(), outcome, took);
+    state.inner.metrics.exchange(provider, outcome, took);
     audit.outcome = outcome.into();
     audit.agent_id = result.as_ref().ok().map(|c| c.agent_id);
     audit.reason = result.as_ref().err().and_then(ApiError::reason);

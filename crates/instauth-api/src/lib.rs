@@ -127,7 +127,8 @@ impl AppState {
             StoreError::Corrupt("the database holds no session signing key".into())
         })?;
         let audit_store = store.sibling(2).await?;
-        let metrics = Arc::new(metrics::Metrics::default());
+        let counted = store.clone();
+        let metrics = Arc::new(metrics::Metrics::new(move || counted.queries_total()));
         let (sink, writer) = audit::start(audit_store.clone(), {
             let metrics = metrics.clone();
             move || metrics.audit_dropped()
@@ -183,6 +184,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The metrics served on `/metrics`.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// Statements sent by the audit writer (separate from [`Store::queries_total`] of

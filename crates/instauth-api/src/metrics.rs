@@ -1,128 +1,250 @@
-//! Prometheus metrics (text exposition format 0.0.4).
+//! Prometheus metrics (SPEC.md §5), kept in a `prometheus-client` registry and served in the
+//! Prometheus text format 0.0.4.
 //!
-//! The set is small and fixed (SPEC.md §5), so it is kept here with atomics rather than
-//! through a metrics framework: one counter family, one histogram family, and the store's
-//! statement counter read at scrape time.
+//! Series: `instauth_exchanges_total{provider,outcome}`,
+//! `instauth_exchange_duration_seconds{provider}` (histogram), `instauth_db_queries_total`
+//! (read from the store at scrape time), `instauth_heartbeats_total`,
+//! `instauth_audit_records_dropped_total` (also under its first name,
+//! `instauth_audit_dropped_total`, so existing dashboards keep working) and
+//! `instauth_trust_certificate_expiry_timestamp_seconds{provider,subject}`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::time::Duration;
+
+use instauth_types::Provider;
 
 /// Upper bounds of the exchange duration histogram, in seconds.
 pub const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// `Content-Type` of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExchangeLabels {
+    provider: &'static str,
+    outcome: &'static str,
 }
 
-/// The server's metrics.
-#[derive(Default)]
-pub struct Metrics {
-    exchanges: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    durations: Mutex<BTreeMap<&'static str, Histogram>>,
-    audit_dropped: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: &'static str,
 }
 
-impl std::fmt::Debug for Metrics {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    provider: &'static str,
+    subject: String,
+}
+
+/// `instauth_db_queries_total`: the store counts statements itself, so the value is read when
+/// scraped rather than mirrored into a second counter on every statement.
+struct DbQueries(Box<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for DbQueries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
+        f.write_str("DbQueries")
     }
 }
 
+impl Collector for DbQueries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let counter = ConstCounter::new((self.0)());
+        let metric = encoder.encode_descriptor(
+            "instauth_db_queries",
+            "SQL statements sent to the database.",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
+/// The server's metrics. An exchange touches the counter family (read-locked, write-locked
+/// only the first time a provider and outcome meet) and its provider's histogram, resolved
+/// once here and indexed by the provider, under the histogram's own lock.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    exchanges: Family<ExchangeLabels, Counter>,
+    /// One per [`Provider`], in [`Provider::ALL`] order.
+    durations: [Histogram; Provider::ALL.len()],
+    heartbeats: Counter,
+    audit_dropped: Counter,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
+}
+
 impl Metrics {
+    /// Registers every series; `db_queries` returns the store's statement count when scraped.
+    pub fn new(db_queries: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        let exchanges = Family::<ExchangeLabels, Counter>::default();
+        let duration_family = Family::<ProviderLabel, Histogram, _>::new_with_constructor(
+            (|| Histogram::new(BUCKETS)) as fn() -> Histogram,
+        );
+        let durations = std::array::from_fn(|i| {
+            let provider = Provider::ALL[i].as_str();
+            duration_family
+                .get_or_create(&ProviderLabel { provider })
+                .clone()
+        });
+        let heartbeats = Counter::default();
+        let audit_dropped = Counter::default();
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        // The registry appends the final period of each help text.
+        let mut registry = Registry::default();
+        registry.register(
+            "instauth_exchanges",
+            "Token exchange attempts by provider and outcome",
+            exchanges.clone(),
+        );
+        registry.register(
+            "instauth_exchange_duration_seconds",
+            "Time to answer a token exchange",
+            duration_family,
+        );
+        registry.register_collector(Box::new(DbQueries(Box::new(db_queries))));
+        registry.register(
+            "instauth_heartbeats",
+            "Agent heartbeats accepted",
+            heartbeats.clone(),
+        );
+        registry.register(
+            "instauth_audit_records_dropped",
+            "Audit records dropped because the queue was full",
+            audit_dropped.clone(),
+        );
+        registry.register(
+            "instauth_audit_dropped",
+            "Audit records dropped because the queue was full",
+            audit_dropped.clone(),
+        );
+        registry.register(
+            "instauth_trust_certificate_expiry_timestamp_seconds",
+            "When each trusted certificate expires (notAfter, Unix time)",
+            certificate_expiry.clone(),
+        );
+        Metrics {
+            registry,
+            exchanges,
+            durations,
+            heartbeats,
+            audit_dropped,
+            certificate_expiry,
+        }
+    }
+
     /// Counts one exchange and its duration.
-    pub fn exchange(&self, provider: &'static str, outcome: &'static str, took: Duration) {
-        if let Ok(mut m) = self.exchanges.lock() {
-            *m.entry((provider, outcome)).or_default() += 1;
-        }
-        if let Ok(mut m) = self.durations.lock() {
-            let h = m.entry(provider).or_default();
-            let secs = took.as_secs_f64();
-            for (i, le) in BUCKETS.iter().enumerate() {
-                if secs <= *le {
-                    h.buckets[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
-        }
+    pub fn exchange(&self, provider: Provider, outcome: &'static str, took: Duration) {
+        self.exchanges
+            .get_or_create(&ExchangeLabels {
+                provider: provider.as_str(),
+                outcome,
+            })
+            .inc();
+        // `ALL` lists the variants in declaration order, which is their discriminant order.
+        self.durations[provider as usize].observe(took.as_secs_f64());
+    }
+
+    /// Counts one accepted heartbeat.
+    pub fn heartbeat(&self) {
+        self.heartbeats.inc();
     }
 
     /// Counts an audit record dropped because the queue was full.
     pub fn audit_dropped(&self) {
-        self.audit_dropped.fetch_add(1, Ordering::Relaxed);
+        self.audit_dropped.inc();
     }
 
-    /// The exposition text.
-    pub fn render(&self, db_queries: u64) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP instauth_exchanges_total Token exchange attempts by provider and outcome."
-        );
-        let _ = writeln!(out, "# TYPE instauth_exchanges_total counter");
-        if let Ok(m) = self.exchanges.lock() {
-            for ((provider, outcome), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "instauth_exchanges_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {n}"
-                );
-            }
+    /// Records when a trusted certificate of `provider` expires (its notAfter, Unix seconds).
+    pub fn set_trust_certificate_expiry(&self, provider: Provider, subject: &str, not_after: i64) {
+        self.certificate_expiry
+            .get_or_create(&CertificateLabels {
+                provider: provider.as_str(),
+                subject: subject.to_owned(),
+            })
+            .set(not_after);
+    }
+
+    /// The exposition text ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail; a failure would be an encoder bug, and a partial
+        // page is more useful to an operator than none.
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "Encoding the metrics failed.");
         }
-        let _ = writeln!(
-            out,
-            "# HELP instauth_exchange_duration_seconds Time to answer a token exchange."
-        );
-        let _ = writeln!(out, "# TYPE instauth_exchange_duration_seconds histogram");
-        if let Ok(m) = self.durations.lock() {
-            for (provider, h) in m.iter() {
-                for (i, le) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "instauth_exchange_duration_seconds_bucket{{provider=\"{provider}\",le=\"{le}\"}} {}",
-                        h.buckets[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "instauth_exchange_duration_seconds_bucket{{provider=\"{provider}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(
-                    out,
-                    "instauth_exchange_duration_seconds_sum{{provider=\"{provider}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "instauth_exchange_duration_seconds_count{{provider=\"{provider}\"}} {}",
-                    h.count
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP instauth_db_queries_total SQL statements sent to the database."
-        );
-        let _ = writeln!(out, "# TYPE instauth_db_queries_total counter");
-        let _ = writeln!(out, "instauth_db_queries_total {db_queries}");
-        let _ = writeln!(
-            out,
-            "# HELP instauth_audit_dropped_total Audit records dropped because the queue was full."
-        );
-        let _ = writeln!(out, "# TYPE instauth_audit_dropped_total counter");
-        let _ = writeln!(
-            out,
-            "instauth_audit_dropped_total {}",
-            self.audit_dropped.load(Ordering::Relaxed)
-        );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_in_the_prometheus_text_format() {
+        let m = Metrics::new(|| 7);
+        m.exchange(Provider::Aws, "ok", Duration::from_millis(3));
+        m.exchange(Provider::Aws, "ok", Duration::from_secs(5));
+        m.exchange(Provider::Gcp, "conflict", Duration::from_micros(100));
+        m.heartbeat();
+        m.audit_dropped();
+        m.set_trust_certificate_expiry(Provider::Azure, "CN=Root \"R1\"", 1_900_000_000);
+        let text = m.render();
+        for line in [
+            "# HELP instauth_exchanges_total Token exchange attempts by provider and outcome.",
+            "# TYPE instauth_exchanges_total counter",
+            "instauth_exchanges_total{provider=\"aws\",outcome=\"ok\"} 2",
+            "instauth_exchanges_total{provider=\"gcp\",outcome=\"conflict\"} 1",
+            "# HELP instauth_exchange_duration_seconds Time to answer a token exchange.",
+            "# TYPE instauth_exchange_duration_seconds histogram",
+            "instauth_exchange_duration_seconds_bucket{provider=\"aws\",le=\"0.0025\"} 0",
+            "instauth_exchange_duration_seconds_bucket{provider=\"aws\",le=\"0.005\"} 1",
+            "instauth_exchange_duration_seconds_bucket{provider=\"aws\",le=\"2.5\"} 1",
+            "instauth_exchange_duration_seconds_bucket{provider=\"aws\",le=\"+Inf\"} 2",
+            "instauth_exchange_duration_seconds_sum{provider=\"aws\"} 5.003",
+            "instauth_exchange_duration_seconds_count{provider=\"aws\"} 2",
+            "instauth_exchange_duration_seconds_bucket{provider=\"gcp\",le=\"0.0005\"} 1",
+            "instauth_exchange_duration_seconds_count{provider=\"azure\"} 0",
+            "# HELP instauth_db_queries_total SQL statements sent to the database.",
+            "# TYPE instauth_db_queries_total counter",
+            "instauth_db_queries_total 7",
+            "# TYPE instauth_heartbeats_total counter",
+            "instauth_heartbeats_total 1",
+            "# TYPE instauth_audit_records_dropped_total counter",
+            "instauth_audit_records_dropped_total 1",
+            "# HELP instauth_audit_dropped_total Audit records dropped because the queue was full.",
+            "# TYPE instauth_audit_dropped_total counter",
+            "instauth_audit_dropped_total 1",
+            "# TYPE instauth_trust_certificate_expiry_timestamp_seconds gauge",
+            "instauth_trust_certificate_expiry_timestamp_seconds{provider=\"azure\",subject=\"CN=Root \\\"R1\\\"\"} 1900000000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+        // Whole-number bucket bounds are written as Go clients write them (`le="1"`).
+        assert!(text.contains("le=\"1\"}"), "{text}");
+    }
+
+    #[test]
+    fn series_never_observed_are_absent_and_the_rest_start_at_zero() {
+        let text = Metrics::new(|| 0).render();
+        assert!(!text.contains("instauth_exchanges_total{"), "{text}");
+        for p in Provider::ALL {
+            let count = format!("instauth_exchange_duration_seconds_count{{provider=\"{p}\"}} 0");
+            assert!(text.lines().any(|l| l == count), "{text}");
+        }
+        assert!(text.lines().any(|l| l == "instauth_heartbeats_total 0"));
+        assert!(text
+            .lines()
+            .any(|l| l == "instauth_audit_records_dropped_total 0"));
     }
 }

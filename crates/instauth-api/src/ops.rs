@@ -43,11 +43,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .inner
-            .metrics
-            .render(state.inner.store.queries_total()),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.inner.metrics.render(),
     )
         .into_response()
 }

@@ -590,12 +590,65 @@ server_test!(database_round_trips_per_exchange, |srv| async move {
     }
     srv.state.flush_audit().await;
     let audit_statements = srv.state.audit_queries_total() - before;
-    assert!((1..=40).contains(&audit_statements), "{audit_statements}");
+    // How many of these records share a statement depends on timing, so this bounds only the
+    // cost per record; `audit_records_are_written_in_batches` checks the batching exactly.
+    assert!(
+        audit_statements <= 40,
+        "{audit_statements} statements for 40 records"
+    );
     let (_, audit) = srv
         .admin(reqwest::Method::GET, "/api/v2/audit?limit=1000", None)
         .await;
     assert_eq!(audit.as_array().unwrap().len(), 45);
 });
+
+/// Records that are queued while the writer cannot run are written `BATCH` to a statement. On a
+/// current-thread runtime the writer task runs only when the test awaits, so all `n` records
+/// are queued before it takes the first: `n = 2 * BATCH + 1` is exactly three statements, where
+/// one statement per record would be `n`.
+async fn audit_batches(backend: TestBackend) {
+    use instauth_api::audit::{self, BATCH};
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let (sink, writer) = audit::start(store.clone(), || {});
+    let record = |i: usize| instauth_store::NewAuditRecord {
+        time: instauth_store::now(),
+        provider: instauth_types::Provider::Aws,
+        instance_id: format!("i-{i}"),
+        agent_name: String::new(),
+        outcome: "ok".into(),
+        agent_id: None,
+        remote_addr: "127.0.0.1:1".into(),
+        reason: None,
+        count: 1,
+    };
+    // A first write, so that connecting is not counted below.
+    assert!(sink.record(record(0)));
+    sink.flush().await;
+    let before = store.queries_total();
+    let n = 2 * BATCH + 1;
+    for i in 1..=n {
+        assert!(sink.record(record(i)), "the queue holds {n} records");
+    }
+    sink.flush().await;
+    let statements = store.queries_total() - before;
+    assert_eq!(statements, 3, "{n} records");
+    assert!(statements < n as u64 / 2, "batches of {BATCH} hardly batch");
+    assert_eq!(store.list_audit(10_000).await.unwrap().len(), n + 1);
+    writer.shutdown().await;
+}
+
+mod audit_records_are_written_in_batches {
+    use super::*;
+    #[tokio::test(flavor = "current_thread")]
+    async fn sqlite() {
+        audit_batches(TestBackend::Sqlite).await
+    }
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres() {
+        audit_batches(TestBackend::Postgres).await
+    }
+}
 
 server_test!(every_attempt_is_audited_without_secrets, |srv| async move {
     srv.build("ws", &[("main", "i-1", None), ("dev", "i-1", None)])
@@ -795,6 +848,39 @@ server_test!(metrics_count_exchanges, |srv| async move {
         .unwrap();
     assert_eq!(res.status(), 404);
 });
+
+server_test!(
+    metrics_count_heartbeats_and_trust_expiry,
+    |srv| async move {
+        srv.build("ws", &[("main", "i-1", None)]).await;
+        let token = srv.token("i-1", None).await;
+        assert_eq!(srv.heartbeat(&token, "ready").await, 204);
+        assert_eq!(srv.heartbeat(&token, "bogus").await, 400);
+        srv.state.metrics().set_trust_certificate_expiry(
+            instauth_types::Provider::Aws,
+            "CN=test",
+            1_900_000_000,
+        );
+        let res = srv
+            .http
+            .get(format!("{}/metrics", srv.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = res.text().await.unwrap();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("instauth_heartbeats_total 1"), "{text}");
+        assert!(has("instauth_audit_records_dropped_total 0"), "{text}");
+        assert!(
+        has("instauth_trust_certificate_expiry_timestamp_seconds{provider=\"aws\",subject=\"CN=test\"} 1900000000"),
+        "{text}"
+    );
+    }
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_rate_limit_gets_429() {

@@ -19,6 +19,7 @@
 
 pub mod aia_server;
 pub mod azure;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cpu;
 pub mod der_build;

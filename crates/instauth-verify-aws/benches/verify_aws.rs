@@ -5,21 +5,12 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
-use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use instauth_testkit::bench::{interleaved_ratio, print_ratio};
+use instauth_testkit::bench::{self, Criterion};
 use instauth_testkit::{TestKey, TestPki};
 use instauth_verify_aws::{AwsCertificates, AwsVerifier};
-use ring::signature::{
-    UnparsedPublicKey, RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, RSA_PKCS1_2048_8192_SHA256,
-};
 
-/// Interleaved rounds x calls per batch for the noise-resistant ratio printed first.
-const ROUNDS: usize = 40;
-const BATCH: usize = 50;
-
-fn bench(c: &mut Criterion) {
+fn verify(c: &mut Criterion) {
     let pki = TestPki::new();
     let mut certs = AwsCertificates::builtin();
     certs
@@ -35,10 +26,6 @@ fn bench(c: &mut Criterion) {
     assert!(verifier.verify(&pkcs7).is_ok() && verifier.verify(&sig).is_ok());
 
     let doc = TestPki::aws_document("i-0123456789abcdef0", "us-east-1", "123456789012");
-    let raw2048 = TestKey::AwsRegion2048.sign_sha256(doc.as_bytes());
-    let key2048 = TestKey::AwsRegion2048.pkcs1_public_der();
-    let raw1024 = TestKey::AwsRegion1024.sign_sha256(doc.as_bytes());
-    let key1024 = TestKey::AwsRegion1024.pkcs1_public_der();
 
     // AWS's own BER encoding (indefinite lengths, chunked content) pays for normalisation.
     let real = instauth_types::AwsInstanceIdentityRequest {
@@ -52,78 +39,20 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     assert!(verifier.verify(&real).is_ok());
-    let r = interleaved_ratio(
-        ROUNDS,
-        BATCH,
-        || {
-            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key2048)
-                .verify(black_box(doc.as_bytes()), black_box(&raw2048))
-                .unwrap()
-        },
-        || {
-            verifier.verify(black_box(&pkcs7)).unwrap();
-        },
-    );
-    print_ratio("aws/verify_rsa2048_pkcs7", r);
-    let r = interleaved_ratio(
-        ROUNDS,
-        BATCH,
-        || {
-            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key2048)
-                .verify(black_box(doc.as_bytes()), black_box(&raw2048))
-                .unwrap()
-        },
-        || {
-            verifier.verify(black_box(&real)).unwrap();
-        },
-    );
-    print_ratio("aws/verify_rsa2048_pkcs7_real_ber", r);
-    let r = interleaved_ratio(
-        ROUNDS,
-        BATCH,
-        || {
-            UnparsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, &key1024)
-                .verify(black_box(doc.as_bytes()), black_box(&raw1024))
-                .unwrap()
-        },
-        || {
-            verifier.verify(black_box(&sig)).unwrap();
-        },
-    );
-    print_ratio("aws/verify_signature_rsa1024", r);
 
-    let mut g = c.benchmark_group("aws");
-    g.bench_function("raw_ring_rsa2048_verify", |b| {
-        b.iter(|| {
-            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key2048)
-                .verify(black_box(doc.as_bytes()), black_box(&raw2048))
-                .unwrap()
-        })
+    let mut rsa2048 = bench::against_raw_rsa(c, "aws", TestKey::AwsRegion2048, doc.as_bytes());
+    rsa2048.subject("verify_rsa2048_pkcs7", || {
+        verifier.verify(black_box(&pkcs7)).unwrap();
     });
-    g.bench_function("verify_rsa2048_pkcs7", |b| {
-        b.iter(|| verifier.verify(black_box(&pkcs7)).unwrap())
+    rsa2048.subject("verify_rsa2048_pkcs7_real_ber", || {
+        verifier.verify(black_box(&real)).unwrap();
     });
-    g.bench_function("raw_ring_rsa1024_verify", |b| {
-        b.iter(|| {
-            UnparsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, &key1024)
-                .verify(black_box(doc.as_bytes()), black_box(&raw1024))
-                .unwrap()
-        })
+    rsa2048.finish();
+    let mut rsa1024 = bench::against_raw_rsa(c, "aws", TestKey::AwsRegion1024, doc.as_bytes());
+    rsa1024.subject("verify_signature_rsa1024", || {
+        verifier.verify(black_box(&sig)).unwrap();
     });
-    g.bench_function("verify_signature_rsa1024", |b| {
-        b.iter(|| verifier.verify(black_box(&sig)).unwrap())
-    });
-    g.bench_function("verify_rsa2048_pkcs7_real_ber", |b| {
-        b.iter(|| verifier.verify(black_box(&real)).unwrap())
-    });
-    g.finish();
+    rsa1024.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = bench
-}
-criterion_main!(benches);
+instauth_testkit::bench_main!(verify);

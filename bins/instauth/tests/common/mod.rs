@@ -4,8 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Longest wait for a started server's "listening on" line (migrations included).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running `instauth server`, killed on drop if still running.
 pub struct Server {
@@ -27,7 +31,8 @@ pub fn instauth(home: &Path) -> Command {
 }
 
 impl Server {
-    /// Starts `cmd` (an `instauth server ...` command) and waits for its "listening on" line.
+    /// Starts `cmd` (an `instauth server ...` command) and waits, at most [`START_TIMEOUT`],
+    /// for its "listening on" line.
     pub fn start(cmd: Command) -> Server {
         Server::spawn(cmd, false)
     }
@@ -57,23 +62,33 @@ impl Server {
             });
         }
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("listening on ") {
-                        break url.trim().to_owned();
-                    }
-                }
-                _ => {
-                    let status = child.wait().expect("wait");
-                    panic!("instauth server exited before listening: {status}");
+        // Read on a thread so the wait has a deadline; it keeps draining stdout afterwards so
+        // the server never blocks on a full pipe.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
                 }
             }
+        });
+        // From here a panic drops the server, which kills the process.
+        let mut server = Server {
+            child,
+            url: String::new(),
+            log,
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url, log }
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(url) => server.url = url,
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = server.child.wait().expect("wait");
+                panic!("instauth server exited before listening: {status}");
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("instauth server did not listen within {START_TIMEOUT:?}")
+            }
+        }
+        server
     }
 
     /// Waits (at most 10 s) until the log contains `needle`.
