@@ -1,7 +1,16 @@
-//! The agent selection policy of the token exchange (SPEC.md §2), as a pure function.
+//! The decisions of the token exchange as pure functions: which agent a request selects
+//! (SPEC.md §2) and whether a verified identity may exchange at all or for a resource
+//! ([`access`]: allow-lists and `expect`, SPEC.md §4, §6).
 //!
 //! Architecture invariant: this crate performs no IO, has no async and depends on nothing but
-//! std, so every row of the decision table is a plain unit test.
+//! std and `instauth-types` (for the vocabulary), so every row of a decision table is a plain
+//! unit test.
+
+pub mod access;
+
+pub use access::{
+    check_allow_lists, check_expectation, AllowLists, Claims, Expectation, NotAllowed, Rule,
+};
 
 /// What the exchange should do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,14 +1,19 @@
 //! Wire types shared by the instauth server, its admin CLI and the agent.
 //!
 //! Field names follow Coder's agent-auth API (`/api/v2/...`) so that Coder-style templates and
-//! agents work unchanged. This crate performs no IO.
+//! agents work unchanged. This crate performs no IO. Beyond serde it holds one piece of logic,
+//! the agent key message and fingerprint ([`agent_key`]), which server and agent must share.
+
+use std::collections::BTreeMap;
 
 pub mod routes;
 
 use serde::{Deserialize, Serialize};
 
+pub mod agent_key;
 mod vocabulary;
 
+pub use agent_key::{AgentKeyFields, ExchangeBody, ExchangeRequest};
 pub use vocabulary::{
     AgentAuth, ConnectionStatus, LifecycleState, Proof, Provider, UnknownValue, Wire,
 };
@@ -131,6 +136,9 @@ pub struct AgentSpec {
     /// The parent agent's name, for a sub-agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Every exchange for this agent must be signed with its agent key (SPEC §2.1).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_agent_key: bool,
 }
 
 /// A resource of a build to create.
@@ -144,6 +152,12 @@ pub struct ResourceSpec {
     /// Its agents.
     #[serde(default)]
     pub agents: Vec<AgentSpec>,
+    /// What the verified identity of the resource's agents must say (SPEC §4): `account_id` and
+    /// `region` (AWS), `subscription_id` and `location` (Azure), `project_id` and `zone` (GCP),
+    /// each optional. Values are kept as sent so that validation can name a wrong key or a
+    /// value that is not a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// Body of `POST /api/v2/workspaces/{workspace}/builds`.
@@ -200,6 +214,23 @@ pub struct AgentStatus {
     pub first_connected_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Latest heartbeat (RFC 3339, UTC).
     pub last_connected_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Declared with `"require_agent_key": true`.
+    #[serde(default)]
+    pub require_agent_key: bool,
+    /// The agent key bound to the agent, if any (SPEC §2.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_key: Option<AgentKeyInfo>,
+}
+
+/// An agent's bound key in the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentKeyInfo {
+    /// base64url (no padding) of the Ed25519 public key.
+    pub public_key: String,
+    /// [`agent_key::fingerprint`] of it: what `workspaces show` prints.
+    pub fingerprint: String,
+    /// When the agent's first signed exchange bound it (RFC 3339, UTC).
+    pub bound_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A resource in the admin API.
@@ -210,6 +241,9 @@ pub struct ResourceInfo {
     /// Type.
     #[serde(rename = "type")]
     pub resource_type: String,
+    /// The resource's expectations, as declared (claim name → value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<BTreeMap<String, String>>,
 }
 
 /// A workspace in `GET /api/v2/workspaces` and `GET /api/v2/workspaces/{workspace}`.
@@ -239,8 +273,8 @@ pub struct AuditEntry {
     pub instance_id: String,
     /// The requested agent name (trimmed, may be empty).
     pub agent_name: String,
-    /// `ok`, `bad_request`, `unauthorized`, `not_found`, `conflict`, `too_large`,
-    /// `rate_limited` or `unavailable`.
+    /// `ok`, `bad_request`, `unauthorized`, `forbidden`, `key_required`, `key_mismatch`,
+    /// `not_found`, `conflict`, `too_large`, `rate_limited` or `unavailable`.
     pub outcome: String,
     /// The selected agent, on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AwsInstanceIdentityRequest, AzureInstanceIdentityRequest, GoogleInstanceIdentityRequest,
+    AwsInstanceIdentityRequest, AzureInstanceIdentityRequest, ExchangeBody,
+    GoogleInstanceIdentityRequest,
 };
 
 /// A string that names none of a vocabulary type's values.
@@ -100,6 +101,36 @@ impl Provider {
             Provider::Aws => "AWS",
             Provider::Azure => "Azure",
             Provider::Gcp => "GCP",
+        }
+    }
+
+    /// The identity claim naming the account the instance belongs to: AWS `account_id`, Azure
+    /// `subscription_id`, GCP `project_id`. The key of a resource's `expect` and of the
+    /// identity JSON (SPEC §4, §6).
+    pub const fn account_claim(self) -> &'static str {
+        match self {
+            Provider::Aws => "account_id",
+            Provider::Azure => "subscription_id",
+            Provider::Gcp => "project_id",
+        }
+    }
+
+    /// The identity claim naming where the instance runs: AWS `region`, Azure `location`, GCP
+    /// `zone`.
+    pub const fn location_claim(self) -> &'static str {
+        match self {
+            Provider::Aws => "region",
+            Provider::Azure => "location",
+            Provider::Gcp => "zone",
+        }
+    }
+
+    /// The server flag holding this cloud's account allow-list (SPEC §6).
+    pub const fn allow_list_flag(self) -> &'static str {
+        match self {
+            Provider::Aws => "--aws-accounts",
+            Provider::Azure => "--azure-subscriptions",
+            Provider::Gcp => "--gcp-projects",
         }
     }
 
@@ -244,6 +275,27 @@ impl Proof {
             Proof::Azure(r) => r.agent_name = name,
             Proof::Gcp(r) => r.agent_name = name,
         }
+    }
+
+    /// The proof field an agent key signature covers (SPEC §2.1): AWS `pkcs7` when non-empty,
+    /// else `signature`; Azure `signature`; GCP `json_web_token`.
+    pub fn agent_key_proof_field(&self) -> &str {
+        match self {
+            Proof::Aws(r) => r.agent_key_proof_field(),
+            Proof::Azure(r) => r.agent_key_proof_field(),
+            Proof::Gcp(r) => r.agent_key_proof_field(),
+        }
+    }
+
+    /// SPEC §2.1's message for this proof, its (trimmed) agent name and `time`: what an agent
+    /// key signs.
+    pub fn agent_key_message(&self, time: i64) -> String {
+        crate::agent_key::message(
+            self.provider(),
+            self.agent_name(),
+            time,
+            self.agent_key_proof_field(),
+        )
     }
 
     /// Decodes the JSON body POSTed to `provider`'s exchange endpoint.
