@@ -18,7 +18,9 @@ fn one_agent_build() -> ValidBuild {
                 auth: AgentAuth::AwsInstanceIdentity.into(),
                 instance_id: Some("i-1".into()),
                 parent: None,
+                require_agent_key: false,
             }],
+            expect: None,
         }],
     };
     validate_build("ws", build).expect("valid build")

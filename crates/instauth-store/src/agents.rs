@@ -1,5 +1,5 @@
-//! Agents at run time: the exchange's candidate query, the agent API's session and token
-//! lookups, session revocation and heartbeats.
+//! Agents at run time: the exchange's candidate query, agent key binding and reset, the agent
+//! API's session and token lookups, session revocation and heartbeats.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::model::{AgentContext, Candidate};
 use crate::schema::{workspace_agents, workspace_builds, workspace_resources, workspaces};
 use crate::text::text;
-use crate::{Result, Store};
+use crate::{now, Result, Store};
 
 /// The candidate query (DESIGN.md step 3): live root agents with this instance ID and auth
 /// method, in the latest build of a live workspace. Driven by the partial index
@@ -40,6 +40,11 @@ macro_rules! candidates_query {
                 workspaces::id,
                 workspaces::name,
                 workspace_agents::session_generation,
+                workspace_agents::agent_public_key,
+                workspace_agents::require_agent_key,
+                workspace_resources::expect_provider,
+                workspace_resources::expect_account,
+                workspace_resources::expect_location,
             ))
     };
 }
@@ -82,6 +87,12 @@ diesel::define_sql_function! {
     fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>, y: diesel::sql_types::Nullable<diesel::sql_types::Timestamp>) -> diesel::sql_types::Nullable<diesel::sql_types::Timestamp>;
 }
 
+diesel::define_sql_function! {
+    /// SQL `COALESCE` for nullable byte strings.
+    #[sql_name = "COALESCE"]
+    fn coalesce_bytes(x: diesel::sql_types::Nullable<diesel::sql_types::Binary>, y: diesel::sql_types::Nullable<diesel::sql_types::Binary>) -> diesel::sql_types::Nullable<diesel::sql_types::Binary>;
+}
+
 impl Store {
     /// The candidates for an exchange, in ONE statement: live root agents with this instance ID
     /// and auth method whose build is the latest build of a live workspace, sorted by name (then
@@ -92,6 +103,74 @@ impl Store {
                 .order((workspace_agents::name, workspaces::name))
                 .load(conn)
                 .await?)
+        })
+    }
+
+    /// Binds `public_key` to an agent that has no key yet, in ONE statement; an agent that has
+    /// one keeps it. Returns the key bound once the statement has run (`public_key` when this call
+    /// bound it or it was already bound to the same key, another key when someone bound first),
+    /// or `None` if the agent is gone.
+    ///
+    /// Two concurrent binders end with exactly one key: each UPDATE sees the row as the other
+    /// left it (PostgreSQL re-reads a row it waited on; SQLite has one writer), so the loser's
+    /// `COALESCE` keeps the winner's key and returns it.
+    ///
+    /// Every change of an agent's binding goes through this method or
+    /// [`Store::reset_agent_key`].
+    pub async fn bind_agent_key(
+        &self,
+        agent_id: Uuid,
+        public_key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let at = now();
+        with_conn!(self, |conn| {
+            let bound: Option<Option<Vec<u8>>> = diesel::update(
+                workspace_agents::table
+                    .find(text(agent_id))
+                    .filter(workspace_agents::deleted_at.is_null()),
+            )
+            .set((
+                workspace_agents::agent_public_key.eq(coalesce_bytes(
+                    workspace_agents::agent_public_key,
+                    Some(public_key),
+                )),
+                workspace_agents::agent_key_bound_at
+                    .eq(coalesce(workspace_agents::agent_key_bound_at, Some(at))),
+            ))
+            .returning(workspace_agents::agent_public_key)
+            .get_result(conn)
+            .await
+            .optional()?;
+            Ok(bound.flatten())
+        })
+    }
+
+    /// Forgets the key bound to agent `agent` of the latest build of live workspace `workspace`
+    /// and ends the agent's sessions, in one statement; its next signed exchange binds again.
+    /// Returns false if there is no such agent.
+    ///
+    /// Ending the sessions matters when the binding was wrong (a squatter bound first): whoever
+    /// holds a session under the old binding must prove itself again.
+    pub async fn reset_agent_key(&self, workspace: &str, agent: &str) -> Result<bool> {
+        with_conn!(self, |conn| {
+            let latest = workspaces::table
+                .filter(workspaces::name.eq(workspace))
+                .filter(workspaces::deleted_at.is_null())
+                .select(workspaces::latest_build_id);
+            let n = diesel::update(
+                workspace_agents::table
+                    .filter(workspace_agents::name.eq(agent))
+                    .filter(workspace_agents::deleted_at.is_null())
+                    .filter(workspace_agents::build_id.nullable().eq_any(latest)),
+            )
+            .set((
+                workspace_agents::agent_public_key.eq(None::<Vec<u8>>),
+                workspace_agents::agent_key_bound_at.eq(None::<NaiveDateTime>),
+                workspace_agents::session_generation.eq(workspace_agents::session_generation + 1),
+            ))
+            .execute(conn)
+            .await?;
+            Ok(n > 0)
         })
     }
 

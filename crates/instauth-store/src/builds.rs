@@ -1,10 +1,11 @@
 //! Creating builds: the workspace (created on first use), the build row, its resources and
-//! agents, and the switch of the workspace's latest build, in one transaction.
+//! agents, and the switch of the workspace's latest build, in one transaction. A new build's
+//! agents start with no agent key bound.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use instauth_types::{AgentAuth, LifecycleState};
+use instauth_types::{AgentAuth, LifecycleState, Provider};
 use uuid::Uuid;
 
 use crate::insert::{insert_many, InsertMany};
@@ -34,6 +35,7 @@ struct AgentInsert {
     #[diesel(serialize_as = Textual<LifecycleState>)]
     lifecycle_state: LifecycleState,
     created_at: NaiveDateTime,
+    require_agent_key: bool,
 }
 
 #[derive(Insertable)]
@@ -46,6 +48,9 @@ struct ResourceInsert {
     name: String,
     resource_type: String,
     created_at: NaiveDateTime,
+    expect_provider: Option<Textual<Provider>>,
+    expect_account: Option<String>,
+    expect_location: Option<String>,
 }
 
 insert_many!(AgentInsert, workspace_agents::table);
@@ -76,6 +81,9 @@ fn build_rows(
             name: r.name.clone(),
             resource_type: r.resource_type.clone(),
             created_at: at,
+            expect_provider: r.expect.as_ref().map(|e| text(e.provider)),
+            expect_account: r.expect.as_ref().and_then(|e| e.account.clone()),
+            expect_location: r.expect.as_ref().and_then(|e| e.location.clone()),
         })
         .collect();
     let agents = build
@@ -95,6 +103,7 @@ fn build_rows(
                 auth_token_hash: a.token_hash.clone(),
                 lifecycle_state: LifecycleState::Created,
                 created_at: at,
+                require_agent_key: a.require_agent_key,
             }
         })
         .collect();

@@ -60,6 +60,62 @@ pub struct Candidate {
     pub workspace_name: String,
     /// The agent's session generation, signed into its session tokens.
     pub session_generation: i32,
+    /// The Ed25519 public key bound to the agent, if any (SPEC §2.1).
+    pub agent_public_key: Option<Vec<u8>>,
+    /// The build declared that the agent must sign its exchanges.
+    pub require_agent_key: bool,
+    /// The cloud named by the resource's `expect`, if it has one.
+    #[diesel(deserialize_as = MaybeTextual<Provider>)]
+    pub expect_provider: Option<Provider>,
+    /// The resource's expected account-like claim.
+    pub expect_account: Option<String>,
+    /// The resource's expected location-like claim.
+    pub expect_location: Option<String>,
+}
+
+impl Candidate {
+    /// The resource's expectation, if it has one.
+    pub fn expect(&self) -> Option<ResourceExpect> {
+        self.expect_provider.map(|provider| ResourceExpect {
+            provider,
+            account: self.expect_account.clone(),
+            location: self.expect_location.clone(),
+        })
+    }
+}
+
+/// A resource's `expect` (SPEC §4): what the verified identity of its agents must say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceExpect {
+    /// The cloud whose claims are named (that of the resource's root agents).
+    pub provider: Provider,
+    /// Expected AWS `account_id`, Azure `subscription_id` or GCP `project_id`.
+    pub account: Option<String>,
+    /// Expected AWS `region`, Azure `location` or GCP `zone`.
+    pub location: Option<String>,
+}
+
+impl ResourceExpect {
+    /// The expectation as the build declared it: claim name → value.
+    pub fn claims(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(a) = &self.account {
+            out.push((self.provider.account_claim(), a.as_str()));
+        }
+        if let Some(l) = &self.location {
+            out.push((self.provider.location_claim(), l.as_str()));
+        }
+        out
+    }
+}
+
+/// An agent's bound key, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundKey {
+    /// The raw 32-byte Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// When the agent's first signed exchange bound it.
+    pub bound_at: NaiveDateTime,
 }
 
 /// Everything the agent API needs to know about an authenticated agent.
@@ -84,13 +140,14 @@ pub struct AgentContext {
 }
 
 /// A resource in a workspace listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
     /// Name.
     pub name: String,
     /// Type.
-    #[serde(rename = "type")]
     pub resource_type: String,
+    /// Its `expect`, if it has one.
+    pub expect: Option<ResourceExpect>,
 }
 
 /// An agent in a workspace listing.
@@ -114,6 +171,10 @@ pub struct Agent {
     pub first_connected_at: Option<NaiveDateTime>,
     /// Latest heartbeat.
     pub last_connected_at: Option<NaiveDateTime>,
+    /// The build declared that the agent must sign its exchanges.
+    pub require_agent_key: bool,
+    /// The key bound to the agent, if any.
+    pub agent_key: Option<BoundKey>,
 }
 
 /// A workspace with its latest build's resources and agents.

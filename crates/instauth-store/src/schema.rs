@@ -28,6 +28,9 @@ diesel::table! {
         #[sql_name = "type"]
         resource_type -> Text,
         created_at -> Timestamp,
+        expect_provider -> Nullable<Text>,
+        expect_account -> Nullable<Text>,
+        expect_location -> Nullable<Text>,
     }
 }
 
@@ -48,6 +51,9 @@ diesel::table! {
         created_at -> Timestamp,
         deleted_at -> Nullable<Timestamp>,
         session_generation -> Integer,
+        agent_public_key -> Nullable<Binary>,
+        agent_key_bound_at -> Nullable<Timestamp>,
+        require_agent_key -> Bool,
     }
 }
 

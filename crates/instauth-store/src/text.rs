@@ -126,8 +126,8 @@ where
     }
 }
 
-impl From<MaybeTextual<Uuid>> for Option<Uuid> {
-    fn from(v: MaybeTextual<Uuid>) -> Self {
+impl<T: TextValue> From<MaybeTextual<T>> for Option<T> {
+    fn from(v: MaybeTextual<T>) -> Self {
         v.0
     }
 }

@@ -2,14 +2,18 @@
 
 use std::collections::{HashMap, HashSet};
 
-use instauth_types::{AgentAuth, BuildRequest};
+use std::collections::BTreeMap;
 
-use crate::model::FieldError;
+use instauth_types::{AgentAuth, BuildRequest, Provider};
+
+use crate::model::{FieldError, ResourceExpect};
 
 /// Longest accepted instance ID; real ones are far shorter (AWS 19, Azure 36, GCP 20 bytes).
 pub const MAX_INSTANCE_ID_LEN: usize = 128;
 /// Longest accepted resource name or type.
 pub const MAX_RESOURCE_FIELD_LEN: usize = 128;
+/// Longest accepted `expect` value; real account IDs, regions and zones are far shorter.
+pub const MAX_EXPECT_VALUE_LEN: usize = 128;
 /// Most resources in one build.
 pub const MAX_RESOURCES: usize = 1000;
 /// Most agents in one build.
@@ -68,6 +72,7 @@ pub struct ValidBuild {
 pub(crate) struct ValidResource {
     pub(crate) name: String,
     pub(crate) resource_type: String,
+    pub(crate) expect: Option<ResourceExpect>,
 }
 
 /// An agent of a [`ValidBuild`].
@@ -80,6 +85,7 @@ pub struct ValidAgent {
     /// Index of the parent in the build's agents.
     pub(crate) parent: Option<usize>,
     pub(crate) token_hash: Option<Vec<u8>>,
+    pub(crate) require_agent_key: bool,
 }
 
 impl ValidAgent {
@@ -187,6 +193,8 @@ pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild
                 format!("must be 1 to {MAX_RESOURCE_FIELD_LEN} bytes, not blank"),
             );
         }
+        // The clouds of the resource's root agents: what its `expect` may name.
+        let mut clouds: Vec<Provider> = Vec::new();
         for (ai, a) in r.agents.into_iter().enumerate() {
             let af = format!("{rf}.agents[{ai}]");
             if !is_valid_agent_name(&a.name) {
@@ -241,6 +249,17 @@ pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild
                 ),
                 _ => {}
             }
+            // Only a root agent that exchanges a cloud proof ever presents an agent key.
+            if a.require_agent_key && (!auth.is_instance_identity() || a.parent.is_some()) {
+                problem(
+                    &mut out,
+                    format!("{af}.require_agent_key"),
+                    "only for root agents with instance identity auth",
+                );
+            }
+            if a.parent.is_none() {
+                clouds.extend(auth.provider());
+            }
             fields.push((af, a.parent));
             agents.push(ValidAgent {
                 resource: ri,
@@ -249,11 +268,16 @@ pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild
                 instance_id,
                 parent: None,
                 token_hash: None,
+                require_agent_key: a.require_agent_key,
             });
         }
+        let expect = r
+            .expect
+            .and_then(|e| validate_expect(&mut out, &rf, e, &clouds));
         resources.push(ValidResource {
             name: r.name,
             resource_type: r.resource_type,
+            expect,
         });
     }
     // Parents: must exist in the build, and following parents must end at a root agent.
@@ -316,6 +340,85 @@ pub fn validate_build(workspace: &str, build: BuildRequest) -> Result<ValidBuild
     })
 }
 
+/// Checks a resource's `expect` against the clouds of its root agents: every key must be one of
+/// that cloud's two claims, every value a plain string. An empty object expects nothing.
+fn validate_expect(
+    out: &mut Vec<FieldError>,
+    rf: &str,
+    expect: BTreeMap<String, serde_json::Value>,
+    clouds: &[Provider],
+) -> Option<ResourceExpect> {
+    let mut distinct: Vec<Provider> = clouds.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    if expect.is_empty() {
+        return None;
+    }
+    let provider = match distinct.as_slice() {
+        [one] => *one,
+        [] => {
+            problem(
+                out,
+                format!("{rf}.expect"),
+                "needs a root agent with instance identity auth on the resource",
+            );
+            return None;
+        }
+        several => {
+            let names: Vec<&str> = several.iter().map(|p| p.as_str()).collect();
+            problem(
+                out,
+                format!("{rf}.expect"),
+                format!(
+                    "the resource's agents use several clouds ({}); expect names one cloud's claims",
+                    names.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let (account_claim, location_claim) = (provider.account_claim(), provider.location_claim());
+    let mut valid = ResourceExpect {
+        provider,
+        account: None,
+        location: None,
+    };
+    for (key, value) in expect {
+        // The key is the client's text: keep it short in the field path.
+        let field = format!("{rf}.expect.{}", key.chars().take(64).collect::<String>());
+        let slot = if key == account_claim {
+            &mut valid.account
+        } else if key == location_claim {
+            &mut valid.location
+        } else {
+            problem(
+                out,
+                field,
+                format!(
+                    "unknown key for {provider} agents: expected {account_claim} or {location_claim}"
+                ),
+            );
+            continue;
+        };
+        match value {
+            serde_json::Value::String(v)
+                if !v.is_empty() && v.len() <= MAX_EXPECT_VALUE_LEN && v.trim() == v =>
+            {
+                *slot = Some(v);
+            }
+            _ => problem(
+                out,
+                field,
+                format!(
+                    "must be a string of 1 to {MAX_EXPECT_VALUE_LEN} bytes without surrounding \
+                     white space"
+                ),
+            ),
+        }
+    }
+    Some(valid)
+}
+
 /// Agent indexes ordered so that every parent comes before its sub-agents (the parent chains are
 /// known to be acyclic).
 fn parents_first(agents: &[ValidAgent]) -> Vec<usize> {
@@ -346,6 +449,7 @@ mod tests {
             },
             instance_id: iid.map(Into::into),
             parent: parent.map(Into::into),
+            require_agent_key: false,
         }
     }
 
@@ -355,6 +459,7 @@ mod tests {
                 name: "vm".into(),
                 resource_type: "aws_instance".into(),
                 agents,
+                expect: None,
             }],
         }
     }
@@ -417,5 +522,100 @@ mod tests {
         assert_eq!(v.agents[1].parent, Some(2));
         assert_eq!(v.agents[2].parent, None);
         assert_eq!(v.workspace(), "ws");
+    }
+
+    fn expect(json: serde_json::Value) -> Option<BTreeMap<String, serde_json::Value>> {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn expectations_name_the_agents_cloud() {
+        let mut b = build(vec![agent(
+            "main",
+            "aws-instance-identity",
+            Some("i-1"),
+            None,
+        )]);
+        b.resources[0].expect =
+            expect(serde_json::json!({"account_id": "123", "region": "us-east-1"}));
+        let v = validate_build("ws", b.clone()).unwrap();
+        assert_eq!(
+            v.resources[0].expect,
+            Some(ResourceExpect {
+                provider: Provider::Aws,
+                account: Some("123".into()),
+                location: Some("us-east-1".into()),
+            })
+        );
+        b.resources[0].expect = expect(serde_json::json!({}));
+        assert_eq!(
+            validate_build("ws", b.clone()).unwrap().resources[0].expect,
+            None
+        );
+
+        b.resources[0].expect = expect(serde_json::json!({
+            "project_id": "p", "account_id": 123, "region": " us-east-1"
+        }));
+        let errs = validate_build("ws", b.clone()).unwrap_err();
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.field.as_str(), e.detail.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "resources[0].expect.account_id",
+                    "must be a string of 1 to 128 bytes without surrounding white space"
+                ),
+                (
+                    "resources[0].expect.project_id",
+                    "unknown key for aws agents: expected account_id or region"
+                ),
+                (
+                    "resources[0].expect.region",
+                    "must be a string of 1 to 128 bytes without surrounding white space"
+                ),
+            ]
+        );
+
+        let mut mixed = build(vec![
+            agent("main", "aws-instance-identity", Some("i-1"), None),
+            agent("gce", "google-instance-identity", Some("42"), None),
+            agent("tok", "token", None, None),
+        ]);
+        mixed.resources[0].expect = expect(serde_json::json!({"zone": "z"}));
+        let errs = validate_build("ws", mixed).unwrap_err();
+        assert_eq!(errs[0].field, "resources[0].expect");
+        assert!(
+            errs[0].detail.contains("several clouds (aws, gcp)"),
+            "{errs:?}"
+        );
+
+        let mut tokens = build(vec![agent("tok", "token", None, None)]);
+        tokens.resources[0].expect = expect(serde_json::json!({"zone": "z"}));
+        let errs = validate_build("ws", tokens).unwrap_err();
+        assert_eq!(errs[0].field, "resources[0].expect");
+    }
+
+    #[test]
+    fn only_instance_identity_root_agents_require_keys() {
+        let mut main = agent("main", "azure-instance-identity", Some("vm"), None);
+        main.require_agent_key = true;
+        let mut child = agent("child", "token", None, Some("main"));
+        child.require_agent_key = true;
+        let mut tok = agent("tok", "token", None, None);
+        tok.require_agent_key = true;
+        let errs = validate_build("ws", build(vec![main.clone(), child, tok])).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "resources[0].agents[1].require_agent_key",
+                "resources[0].agents[2].require_agent_key"
+            ]
+        );
+        let v = validate_build("ws", build(vec![main])).unwrap();
+        assert!(v.agents[0].require_agent_key);
     }
 }

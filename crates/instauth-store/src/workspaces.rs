@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use instauth_types::{AgentAuth, LifecycleState};
+use instauth_types::{AgentAuth, LifecycleState, Provider};
 use uuid::Uuid;
 
-use crate::model::{Agent, Resource, Workspace};
+use crate::model::{Agent, BoundKey, Resource, ResourceExpect, Workspace};
 use crate::schema::{workspace_agents, workspace_builds, workspace_resources, workspaces};
 use crate::text::{text, MaybeTextual, Textual};
 use crate::{now, Result, Store, StoreError};
@@ -29,6 +29,10 @@ struct ResourceRow {
     build_id: Uuid,
     name: String,
     resource_type: String,
+    #[diesel(deserialize_as = MaybeTextual<Provider>)]
+    expect_provider: Option<Provider>,
+    expect_account: Option<String>,
+    expect_location: Option<String>,
 }
 
 #[derive(Queryable)]
@@ -48,6 +52,9 @@ struct AgentRow {
     lifecycle_state: LifecycleState,
     first_connected_at: Option<NaiveDateTime>,
     last_connected_at: Option<NaiveDateTime>,
+    require_agent_key: bool,
+    agent_public_key: Option<Vec<u8>>,
+    agent_key_bound_at: Option<NaiveDateTime>,
 }
 
 impl Store {
@@ -91,6 +98,9 @@ impl Store {
                         workspace_resources::build_id,
                         workspace_resources::name,
                         workspace_resources::resource_type,
+                        workspace_resources::expect_provider,
+                        workspace_resources::expect_account,
+                        workspace_resources::expect_location,
                     ))
                     .order(workspace_resources::name)
                     .load(conn)
@@ -113,6 +123,9 @@ impl Store {
                         workspace_agents::lifecycle_state,
                         workspace_agents::first_connected_at,
                         workspace_agents::last_connected_at,
+                        workspace_agents::require_agent_key,
+                        workspace_agents::agent_public_key,
+                        workspace_agents::agent_key_bound_at,
                     ))
                     .order(workspace_agents::name)
                     .load(conn)
@@ -132,6 +145,11 @@ impl Store {
                     .map(|r| Resource {
                         name: r.name.clone(),
                         resource_type: r.resource_type.clone(),
+                        expect: r.expect_provider.map(|provider| ResourceExpect {
+                            provider,
+                            account: r.expect_account.clone(),
+                            location: r.expect_location.clone(),
+                        }),
                     })
                     .collect(),
                 agents: agents
@@ -150,6 +168,14 @@ impl Store {
                         lifecycle_state: a.lifecycle_state,
                         first_connected_at: a.first_connected_at,
                         last_connected_at: a.last_connected_at,
+                        require_agent_key: a.require_agent_key,
+                        agent_key: match (&a.agent_public_key, a.agent_key_bound_at) {
+                            (Some(k), Some(at)) => Some(BoundKey {
+                                public_key: k.clone(),
+                                bound_at: at,
+                            }),
+                            _ => None,
+                        },
                     })
                     .collect(),
             })

@@ -16,6 +16,7 @@ fn agent(name: &str, iid: Option<&str>) -> AgentSpec {
         auth: Wire::Known(if iid.is_some() { AWS } else { AgentAuth::Token }),
         instance_id: iid.map(Into::into),
         parent: None,
+        require_agent_key: false,
     }
 }
 
@@ -32,6 +33,7 @@ fn build(agents: Vec<AgentSpec>) -> BuildRequest {
             name: "vm".into(),
             resource_type: "aws_instance".into(),
             agents,
+            expect: None,
         }],
     }
 }
@@ -230,11 +232,13 @@ backend_test!(list_show_and_sub_agents, |store| async move {
                     agent("main", Some("i-1")),
                     sub_agent("child", "i-1", "main"),
                 ],
+                expect: None,
             },
             ResourceSpec {
                 name: "box".into(),
                 resource_type: "docker_container".into(),
                 agents: vec![agent("tok", None)],
+                expect: None,
             },
         ],
     };
@@ -471,3 +475,168 @@ backend_test!(
 async fn unreachable_postgres_fails_the_test_with_instructions() {
     instauth_store::testing::TestDb::postgres_at("postgres://postgres@127.0.0.1:1/postgres").await;
 }
+
+/// The one candidate of `name` on `iid`.
+async fn candidate(store: &Store, iid: &str, name: &str) -> instauth_store::Candidate {
+    let mut c = candidates_named(store, iid, name).await;
+    assert_eq!(c.len(), 1, "{name} on {iid}");
+    c.remove(0)
+}
+
+backend_test!(
+    candidates_carry_key_requirement_and_expectation,
+    |store| async move {
+        let mut b = build(vec![
+            AgentSpec {
+                require_agent_key: true,
+                ..agent("main", Some("i-1"))
+            },
+            agent("dev", Some("i-1")),
+        ]);
+        b.resources[0].expect =
+            serde_json::from_value(serde_json::json!({"account_id": "123456789012"})).unwrap();
+        create(&store, "ws", &b).await.unwrap();
+        let before = store.queries_total();
+        let main = candidate(&store, "i-1", "main").await;
+        assert_eq!(store.queries_total() - before, 1, "still one statement");
+        assert!(main.require_agent_key);
+        assert_eq!(main.agent_public_key, None);
+        assert_eq!(
+            main.expect(),
+            Some(instauth_store::ResourceExpect {
+                provider: Provider::Aws,
+                account: Some("123456789012".into()),
+                location: None,
+            })
+        );
+        let dev = candidate(&store, "i-1", "dev").await;
+        assert!(!dev.require_agent_key);
+        let ws = store.get_workspace("ws").await.unwrap().unwrap();
+        let expect = ws.resources[0].expect.as_ref().unwrap();
+        assert_eq!(expect.claims(), [("account_id", "123456789012")]);
+        assert!(ws
+            .agents
+            .iter()
+            .any(|a| a.name == "main" && a.require_agent_key));
+        assert!(ws.agents.iter().all(|a| a.agent_key.is_none()));
+    }
+);
+
+backend_test!(
+    first_binder_wins_and_reset_starts_over,
+    |store| async move {
+        let created = create(
+            &store,
+            "ws",
+            &build(vec![agent("main", Some("i-1")), agent("dev", Some("i-1"))]),
+        )
+        .await
+        .unwrap();
+        let main_id = created.agents[0].id;
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let before = store.queries_total();
+        assert_eq!(
+            store.bind_agent_key(main_id, &k1).await.unwrap(),
+            Some(k1.to_vec())
+        );
+        assert_eq!(
+            store.queries_total() - before,
+            1,
+            "binding is one statement"
+        );
+        // A second binder keeps the first key and learns it.
+        assert_eq!(
+            store.bind_agent_key(main_id, &k2).await.unwrap(),
+            Some(k1.to_vec())
+        );
+        assert_eq!(
+            store.bind_agent_key(main_id, &k1).await.unwrap(),
+            Some(k1.to_vec())
+        );
+        let c = candidate(&store, "i-1", "main").await;
+        assert_eq!(c.agent_public_key, Some(k1.to_vec()));
+        assert_eq!(candidate(&store, "i-1", "dev").await.agent_public_key, None);
+        let ws = store.get_workspace("ws").await.unwrap().unwrap();
+        let main = ws.agents.iter().find(|a| a.name == "main").unwrap();
+        let bound = main.agent_key.as_ref().unwrap();
+        assert_eq!(bound.public_key, k1);
+        assert!(bound.bound_at <= now());
+        let generation = c.session_generation;
+
+        // Reset: unbound again, sessions ended, and the next binder wins.
+        assert!(store.reset_agent_key("ws", "main").await.unwrap());
+        let c = candidate(&store, "i-1", "main").await;
+        assert_eq!(c.agent_public_key, None);
+        assert_eq!(c.session_generation, generation + 1);
+        assert!(store
+            .get_workspace("ws")
+            .await
+            .unwrap()
+            .unwrap()
+            .agents
+            .iter()
+            .all(|a| a.agent_key.is_none()));
+        assert_eq!(
+            store.bind_agent_key(main_id, &k2).await.unwrap(),
+            Some(k2.to_vec())
+        );
+        assert!(!store.reset_agent_key("ws", "ghost").await.unwrap());
+        assert!(!store.reset_agent_key("nope", "main").await.unwrap());
+
+        // A new build starts unbound; resetting names the latest build's agent.
+        create(&store, "ws", &build(vec![agent("main", Some("i-1"))]))
+            .await
+            .unwrap();
+        assert_eq!(
+            candidate(&store, "i-1", "main").await.agent_public_key,
+            None
+        );
+        assert!(store.reset_agent_key("ws", "main").await.unwrap());
+        // The old build's agent keeps its (now useless) binding untouched.
+        assert_eq!(
+            store.bind_agent_key(main_id, &k1).await.unwrap(),
+            Some(k2.to_vec())
+        );
+        // A deleted agent cannot be bound.
+        store.delete_workspace("ws").await.unwrap();
+        assert_eq!(store.bind_agent_key(main_id, &k1).await.unwrap(), None);
+        assert!(!store.reset_agent_key("ws", "main").await.unwrap());
+    }
+);
+
+backend_test!(concurrent_binders_end_with_one_key, |store| async move {
+    for round in 0..5u8 {
+        let ws = format!("race-{round}");
+        let created = create(&store, &ws, &build(vec![agent("main", Some(&ws))]))
+            .await
+            .unwrap();
+        let id = created.agents[0].id;
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = [i + 1; 32];
+                    (key, store.bind_agent_key(id, &key).await.unwrap().unwrap())
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut bound = Vec::new();
+        for t in tasks {
+            let (mine, now_bound) = t.await.unwrap();
+            if now_bound == mine {
+                winners.push(mine);
+            }
+            bound.push(now_bound);
+        }
+        assert_eq!(winners.len(), 1, "exactly one binder wins: {bound:?}");
+        assert!(
+            bound.iter().all(|k| *k == winners[0].to_vec()),
+            "all see the winner's key"
+        );
+        assert_eq!(
+            candidate(&store, &ws, "main").await.agent_public_key,
+            Some(winners[0].to_vec())
+        );
+    }
+});

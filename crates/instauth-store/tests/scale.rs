@@ -19,8 +19,10 @@ fn seeded_build(ws: usize) -> ValidBuild {
                     // Two root agents per instance; the same IDs in both builds.
                     instance_id: Some(format!("i-{ws}-{}", n / 2)),
                     parent: None,
+                    require_agent_key: false,
                 })
                 .collect(),
+            expect: None,
         }],
     };
     validate_build(&format!("ws{ws}"), build).unwrap()
