@@ -9,8 +9,8 @@ use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
 use instauth_store::{validate_build, AgentAuth, StoreError, Workspace};
 use instauth_types::{
-    AgentStatus, AuditEntry, BuildRequest, BuildResponse, ConnectionStatus, CreatedAgent,
-    ResourceInfo, ValidationError, WorkspaceInfo,
+    agent_key, AgentKeyInfo, AgentStatus, AuditEntry, BuildRequest, BuildResponse,
+    ConnectionStatus, CreatedAgent, ResourceInfo, ValidationError, WorkspaceInfo,
 };
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -108,6 +108,12 @@ fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
             w.resources
                 .into_iter()
                 .map(|r| ResourceInfo {
+                    expect: r.expect.map(|e| {
+                        e.claims()
+                            .into_iter()
+                            .map(|(claim, value)| (claim.to_owned(), value.to_owned()))
+                            .collect()
+                    }),
                     name: r.name,
                     resource_type: r.resource_type,
                 })
@@ -131,6 +137,12 @@ fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
                 lifecycle_state: a.lifecycle_state,
                 first_connected_at: utc(a.first_connected_at),
                 last_connected_at: utc(a.last_connected_at),
+                require_agent_key: a.require_agent_key,
+                agent_key: a.agent_key.map(|k| AgentKeyInfo {
+                    public_key: agent_key::encode(&k.public_key),
+                    fingerprint: agent_key::fingerprint(&k.public_key),
+                    bound_at: k.bound_at.and_utc(),
+                }),
             })
             .collect(),
     }
@@ -194,6 +206,32 @@ pub(crate) async fn delete_workspace(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(workspace_not_found(&name))
+    }
+}
+
+/// `DELETE /api/v2/workspaces/{workspace}/agents/{agent}/key` → 204: forgets the agent's bound
+/// key (after its VM was rebuilt in place) and ends its sessions; its next signed exchange binds
+/// again.
+pub(crate) async fn reset_agent_key(
+    State(state): State<AppState>,
+    _: Admin,
+    Path((workspace, agent)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if state
+        .inner
+        .store
+        .reset_agent_key(&workspace, &agent)
+        .await?
+    {
+        tracing::info!(workspace = %workspace, agent.name = %agent, "Agent key binding reset.");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        let short = |s: &str| s.chars().take(64).collect::<String>();
+        Err(ApiError::NotFound(format!(
+            "Agent \"{}\" not found in workspace \"{}\".",
+            short(&agent),
+            short(&workspace)
+        )))
     }
 }
 

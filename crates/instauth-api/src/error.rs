@@ -35,6 +35,17 @@ pub enum ApiError {
         /// Which check failed (no secret material).
         detail: String,
     },
+    /// The proof is valid but the identity is outside an allow-list or a resource's `expect`.
+    #[error("identity not allowed: {0}")]
+    Forbidden(instauth_policy::NotAllowed),
+    /// The agent key check of SPEC §2.1 failed.
+    #[error("invalid agent key: {detail}")]
+    AgentKey {
+        /// Which way it failed (the audit outcome).
+        refusal: KeyRefusal,
+        /// What was wrong, naming keys by fingerprint only.
+        detail: String,
+    },
     /// No candidate agent.
     #[error("no candidate agent")]
     NoCandidate {
@@ -77,6 +88,16 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Why an exchange's agent key was refused (SPEC §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyRefusal {
+    /// No key in the request, but the agent has one bound or must present one.
+    Required,
+    /// A key was presented but it is not the bound one, or its signature or time is wrong.
+    Mismatch,
+}
+
 impl ApiError {
     /// The audit outcome word for this error.
     pub fn outcome(&self) -> &'static str {
@@ -88,6 +109,15 @@ impl ApiError {
             | ApiError::MethodNotAllowed => "bad_request",
             ApiError::TooLarge => "too_large",
             ApiError::InvalidProof { .. } | ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::AgentKey {
+                refusal: KeyRefusal::Required,
+                ..
+            } => "key_required",
+            ApiError::AgentKey {
+                refusal: KeyRefusal::Mismatch,
+                ..
+            } => "key_mismatch",
             ApiError::NoCandidate { .. } | ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -108,7 +138,10 @@ impl ApiError {
             ApiError::TooLarge => Some("body over the limit".into()),
             ApiError::BodyTimeout => Some("body not received in time".into()),
             ApiError::BadPath(_) | ApiError::MethodNotAllowed => None,
-            ApiError::InvalidProof { detail, .. } => Some(detail.clone()),
+            ApiError::InvalidProof { detail, .. } | ApiError::AgentKey { detail, .. } => {
+                Some(detail.clone())
+            }
+            ApiError::Forbidden(why) => Some(why.to_string()),
             ApiError::NoCandidate {
                 requested, names, ..
             } => Some(match requested {
@@ -192,6 +225,20 @@ impl IntoResponse for ApiError {
                 ErrorResponse {
                     detail: Some(detail),
                     ..body(format!("Invalid {provider} identity."))
+                },
+            ),
+            ApiError::Forbidden(why) => (
+                StatusCode::FORBIDDEN,
+                ErrorResponse {
+                    detail: Some(why.to_string()),
+                    ..body("Identity not allowed.")
+                },
+            ),
+            ApiError::AgentKey { detail, .. } => (
+                StatusCode::UNAUTHORIZED,
+                ErrorResponse {
+                    detail: Some(detail),
+                    ..body(instauth_types::agent_key::REFUSED_MESSAGE)
                 },
             ),
             ApiError::NoCandidate {

@@ -1,5 +1,8 @@
-//! The three token exchange endpoints (SPEC.md §2): verify the proof, find the candidates in one
-//! statement, let the policy decide, issue a signed session. Every attempt is counted and audited.
+//! The three token exchange endpoints (SPEC.md §2): verify the proof, check the identity against
+//! the allow-lists, check the agent key's signature, find the candidates in one statement, let
+//! the policy decide, check the resource's expectation and the agent's key binding (binding it
+//! on first use, the only write an exchange makes), issue a signed session. Every attempt is
+//! counted and audited.
 
 use std::time::Instant;
 
@@ -7,17 +10,22 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use instauth_policy::{decide, requested_name, Decision, Named};
+use instauth_policy::{
+    check_allow_lists, check_expectation, decide, requested_name, Decision, Expectation, Named,
+};
 use instauth_store::validate::has_control;
 use instauth_store::{Candidate, NewAuditRecord};
+use instauth_types::agent_key::{self, PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use instauth_types::{
-    AuthenticateResponse, AwsInstanceIdentityRequest, AzureInstanceIdentityRequest,
-    GoogleInstanceIdentityRequest, Provider, ValidationError,
+    AgentKeyFields, AuthenticateResponse, AwsInstanceIdentityRequest,
+    AzureInstanceIdentityRequest, ExchangeBody, ExchangeRequest, GoogleInstanceIdentityRequest,
+    ValidationError,
 };
 use instauth_verify::{Identity, Verified};
+use subtle::ConstantTimeEq;
 
 use crate::audit::Escaped;
-use crate::error::ApiError;
+use crate::error::{ApiError, KeyRefusal};
 use crate::extract::{ClientAddr, JsonBody};
 use crate::AppState;
 
@@ -152,16 +160,200 @@ fn validate_gcp(r: &GoogleInstanceIdentityRequest) -> Vec<ValidationError> {
     out
 }
 
-/// Runs one exchange and records it (metrics, audit, log) whatever the outcome.
-async fn exchange<R>(
+/// An agent key as the request presents it, decoded; its signature is not yet checked.
+struct PresentedKey {
+    public_key: [u8; PUBLIC_KEY_LEN],
+    time: i64,
+    signature: [u8; SIGNATURE_LEN],
+}
+
+/// Decodes one base64url value of exactly `N` bytes; the length is checked before decoding.
+fn decode_exact<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != (N * 4).div_ceil(3) {
+        return None;
+    }
+    agent_key::decode(text)?.try_into().ok()
+}
+
+/// Checks the agent key fields' shape (SPEC §2): all three or none, each well formed.
+fn validate_agent_key(out: &mut Vec<ValidationError>, k: &AgentKeyFields) -> Option<PresentedKey> {
+    if k.is_empty() {
+        return None;
+    }
+    let companions = "required with the other agent key fields (agent_public_key, \
+                      agent_key_time, agent_key_signature)";
+    let public_key = match k.agent_public_key.as_deref() {
+        None => {
+            check(out, "agent_public_key", false, companions);
+            None
+        }
+        Some(t) => {
+            let key = decode_exact::<PUBLIC_KEY_LEN>(t);
+            check(
+                out,
+                "agent_public_key",
+                key.is_some(),
+                "must be base64url without padding of a 32-byte Ed25519 public key",
+            );
+            key
+        }
+    };
+    check(
+        out,
+        "agent_key_time",
+        k.agent_key_time.is_some(),
+        companions,
+    );
+    let signature = match k.agent_key_signature.as_deref() {
+        None => {
+            check(out, "agent_key_signature", false, companions);
+            None
+        }
+        Some(t) => {
+            let sig = decode_exact::<SIGNATURE_LEN>(t);
+            check(
+                out,
+                "agent_key_signature",
+                sig.is_some(),
+                "must be base64url without padding of a 64-byte Ed25519 signature",
+            );
+            sig
+        }
+    };
+    Some(PresentedKey {
+        public_key: public_key?,
+        time: k.agent_key_time?,
+        signature: signature?,
+    })
+}
+
+fn key_refused(refusal: KeyRefusal, detail: String) -> ApiError {
+    ApiError::AgentKey { refusal, detail }
+}
+
+/// Checks that the presented key signed this proof, agent name and a time within
+/// [`agent_key::MAX_TIME_SKEW_SECS`] of the server's clock. Needs no database: a bad signature
+/// costs no statement.
+fn check_key_signature<R: ExchangeBody>(
     state: &AppState,
-    provider: Provider,
+    body: &R,
+    key: &PresentedKey,
+) -> Result<(), ApiError> {
+    let now = state.inner.clock.now().timestamp();
+    let skew = now.checked_sub(key.time).map(i64::unsigned_abs);
+    if skew.is_none_or(|s| s > agent_key::MAX_TIME_SKEW_SECS.unsigned_abs()) {
+        let away = skew.map_or_else(|| "too far".to_owned(), |s| format!("{s} s"));
+        return Err(key_refused(
+            KeyRefusal::Mismatch,
+            format!(
+                "agent_key_time is {away} away from the server's clock (at most {} s)",
+                agent_key::MAX_TIME_SKEW_SECS
+            ),
+        ));
+    }
+    let message = agent_key::message(
+        R::PROVIDER,
+        body.agent_name(),
+        key.time,
+        body.agent_key_proof_field(),
+    );
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key.public_key)
+        .verify(message.as_bytes(), &key.signature)
+        .map_err(|_| {
+            key_refused(
+                KeyRefusal::Mismatch,
+                "agent_key_signature does not verify: it must sign this proof, agent name and \
+                 agent_key_time with agent_public_key"
+                    .into(),
+            )
+        })
+}
+
+/// Two keys are the same, compared in constant time.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
+/// Enforces the candidate's key binding (SPEC §2.1): a bound agent must present its key; an
+/// unbound one presenting a (verified) key binds it, in one statement, racing other binders; an
+/// unbound one without a key passes unless a key is required.
+async fn enforce_key(
+    state: &AppState,
+    c: &Candidate,
+    key: Option<&PresentedKey>,
+    instance_id: &str,
+) -> Result<(), ApiError> {
+    let name = &c.agent_name;
+    let mismatch = |bound: &[u8], presented: &[u8]| {
+        key_refused(
+            KeyRefusal::Mismatch,
+            format!(
+                "agent {name:?} is bound to the agent key {}, not to {}",
+                agent_key::fingerprint(bound),
+                agent_key::fingerprint(presented)
+            ),
+        )
+    };
+    match (c.agent_public_key.as_deref(), key) {
+        (Some(bound), Some(k)) if same_key(bound, &k.public_key) => Ok(()),
+        (Some(bound), Some(k)) => Err(mismatch(bound, &k.public_key)),
+        (Some(bound), None) => Err(key_refused(
+            KeyRefusal::Required,
+            format!(
+                "agent {name:?} is bound to the agent key {}; the request carries no agent key",
+                agent_key::fingerprint(bound)
+            ),
+        )),
+        (None, Some(k)) => match state
+            .inner
+            .store
+            .bind_agent_key(c.agent_id, &k.public_key)
+            .await?
+        {
+            Some(bound) if same_key(&bound, &k.public_key) => {
+                tracing::info!(
+                    agent.id = %c.agent_id,
+                    agent.name = %name,
+                    workspace = %c.workspace_name,
+                    fingerprint = %agent_key::fingerprint(&bound),
+                    "Agent key bound."
+                );
+                Ok(())
+            }
+            // Another exchange bound its key between our read and our write.
+            Some(bound) => Err(mismatch(&bound, &k.public_key)),
+            // The agent went away (workspace deleted) since the read.
+            None => Err(ApiError::NoCandidate {
+                instance_id: instance_id.to_owned(),
+                requested: Some(name.clone()),
+                names: Vec::new(),
+                retry_after: state.inner.retry_after,
+            }),
+        },
+        (None, None) if c.require_agent_key => Err(key_refused(
+            KeyRefusal::Required,
+            format!(
+                "agent {name:?} is declared with require_agent_key; the request carries no agent key"
+            ),
+        )),
+        (None, None) if state.inner.require_agent_keys => Err(key_refused(
+            KeyRefusal::Required,
+            "the server requires agent keys (--require-agent-keys); the request carries no agent key"
+                .into(),
+        )),
+        (None, None) => Ok(()),
+    }
+}
+
+/// Runs one exchange and records it (metrics, audit, log) whatever the outcome.
+async fn exchange<R: ExchangeBody>(
+    state: &AppState,
     client: ClientAddr,
-    body: Result<JsonBody<R>, ApiError>,
+    body: Result<JsonBody<ExchangeRequest<R>>, ApiError>,
     validate: fn(&R) -> Vec<ValidationError>,
-    name_of: fn(&R) -> Option<&str>,
     verify: impl AsyncFnOnce(&R) -> Result<Verified<Identity>, String>,
 ) -> Response {
+    let provider = R::PROVIDER;
     let started = Instant::now();
     let limited = client
         .ip
@@ -182,17 +374,18 @@ async fn exchange<R>(
     let result: Result<Candidate, ApiError> = async {
         limited.map_err(|retry_after| ApiError::RateLimited { retry_after })?;
         let JsonBody(req) = body?;
-        let requested = requested_name(name_of(&req));
+        let requested = requested_name(req.body.agent_name());
         audit.agent_name = requested
             .unwrap_or_default()
             .chars()
             .take(MAX_AGENT_NAME)
             .collect();
-        let problems = validate(&req);
+        let mut problems = validate(&req.body);
+        let key = validate_agent_key(&mut problems, &req.agent_key);
         if !problems.is_empty() {
             return Err(ApiError::Validation(problems));
         }
-        let identity = verify(&req)
+        let identity = verify(&req.body)
             .await
             .and_then(|identity| check_identity(&identity).map(|()| identity))
             .map_err(|detail| ApiError::InvalidProof {
@@ -202,25 +395,49 @@ async fn exchange<R>(
             .into_inner();
         let instance_id = identity.instance_id().to_owned();
         audit.instance_id.clone_from(&instance_id);
+        // Checks that need no database come first: a refused request costs no statement.
+        let claims = crate::access::claims(&identity);
+        check_allow_lists(&claims, &state.inner.allow_lists).map_err(ApiError::Forbidden)?;
+        if let Some(k) = &key {
+            check_key_signature(state, &req.body, k)?;
+        }
         let candidates = state
             .inner
             .store
             .candidates(provider.auth(), &instance_id)
             .await?;
-        match decide(requested, candidates.into_iter().map(Named_).collect()) {
-            Decision::Select(c) => Ok(c.0),
-            Decision::NotFound { requested, names } => Err(ApiError::NoCandidate {
-                instance_id,
-                requested,
-                names,
-                retry_after: state.inner.retry_after,
-            }),
-            Decision::Conflict { names } => Err(ApiError::Conflict {
-                instance_id,
-                names,
-                retry_after: state.inner.retry_after,
-            }),
+        let c = match decide(requested, candidates.into_iter().map(Named_).collect()) {
+            Decision::Select(c) => c.0,
+            Decision::NotFound { requested, names } => {
+                return Err(ApiError::NoCandidate {
+                    instance_id,
+                    requested,
+                    names,
+                    retry_after: state.inner.retry_after,
+                })
+            }
+            Decision::Conflict { names } => {
+                return Err(ApiError::Conflict {
+                    instance_id,
+                    names,
+                    retry_after: state.inner.retry_after,
+                })
+            }
+        };
+        if let Some(expect) = c.expect() {
+            check_expectation(
+                &claims,
+                &Expectation {
+                    resource: &c.resource_name,
+                    provider: expect.provider,
+                    account: expect.account.as_deref(),
+                    location: expect.location.as_deref(),
+                },
+            )
+            .map_err(ApiError::Forbidden)?;
         }
+        enforce_key(state, &c, key.as_ref(), &instance_id).await?;
+        Ok(c)
     }
     .await;
 
@@ -265,16 +482,14 @@ async fn exchange<R>(
 pub(crate) async fn aws(
     State(state): State<AppState>,
     client: ClientAddr,
-    body: Result<JsonBody<AwsInstanceIdentityRequest>, ApiError>,
+    body: Result<JsonBody<ExchangeRequest<AwsInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.aws;
     exchange(
         &state,
-        Provider::Aws,
         client,
         body,
         validate_aws,
-        |r| r.agent_name.as_deref(),
         async |r| verifier.verify(r).map_err(|e| e.to_string()),
     )
     .await
@@ -284,16 +499,14 @@ pub(crate) async fn aws(
 pub(crate) async fn azure(
     State(state): State<AppState>,
     client: ClientAddr,
-    body: Result<JsonBody<AzureInstanceIdentityRequest>, ApiError>,
+    body: Result<JsonBody<ExchangeRequest<AzureInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.azure;
     exchange(
         &state,
-        Provider::Azure,
         client,
         body,
         validate_azure,
-        |r| r.agent_name.as_deref(),
         async |r| verifier.verify(r).map_err(|e| e.to_string()),
     )
     .await
@@ -303,16 +516,14 @@ pub(crate) async fn azure(
 pub(crate) async fn google(
     State(state): State<AppState>,
     client: ClientAddr,
-    body: Result<JsonBody<GoogleInstanceIdentityRequest>, ApiError>,
+    body: Result<JsonBody<ExchangeRequest<GoogleInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.gcp;
     exchange(
         &state,
-        Provider::Gcp,
         client,
         body,
         validate_gcp,
-        |r| r.agent_name.as_deref(),
         async |r| verifier.verify(r).await.map_err(|e| e.to_string()),
     )
     .await

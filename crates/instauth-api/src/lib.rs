@@ -4,6 +4,7 @@
 //! Architecture invariant: only this crate knows HTTP status codes; the store, the policy and the
 //! verifiers return typed errors that are mapped in `error.rs`.
 
+pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod audit;
@@ -25,9 +26,11 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use instauth_store::{Store, StoreError};
 use instauth_types::routes;
+use instauth_verify::Clock;
 
 pub use audit::{AuditSink, AuditWriter};
 pub use error::ApiError;
+pub use instauth_policy::{AllowLists, NotAllowed};
 pub use verifiers::{Verifiers, VerifyError};
 
 /// Largest exchange request body (SPEC.md §2).
@@ -54,6 +57,12 @@ pub struct ApiConfig {
     pub audit_retention: Duration,
     /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Accounts, subscriptions and projects allowed to exchange (`--aws-accounts`, ...).
+    pub allow_lists: AllowLists,
+    /// Every exchange must carry an agent key (`--require-agent-keys`, SPEC §2.1).
+    pub require_agent_keys: bool,
+    /// The clock `agent_key_time` is checked against (the system clock outside tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for ApiConfig {
@@ -67,6 +76,9 @@ impl Default for ApiConfig {
             retry_after: Duration::from_secs(5),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
             trusted_proxies: Vec::new(),
+            allow_lists: AllowLists::default(),
+            require_agent_keys: false,
+            clock: Arc::new(instauth_verify::SystemClock),
         }
     }
 }
@@ -87,6 +99,9 @@ struct Shared {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// When a token naming an unknown key last made us read the keys (throttles reloads).
     keys_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
+    allow_lists: AllowLists,
+    require_agent_keys: bool,
+    clock: Arc<dyn Clock>,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -149,6 +164,9 @@ impl AppState {
                 retry_after: config.retry_after.as_secs().max(1),
                 keys_reloaded: std::sync::Mutex::new(None),
                 trusted_proxies: config.trusted_proxies,
+                allow_lists: config.allow_lists,
+                require_agent_keys: config.require_agent_keys,
+                clock: config.clock,
             }),
         };
         tokio::spawn(maintain_session_keys(Arc::downgrade(&state.inner)));
@@ -249,6 +267,7 @@ pub fn router(state: AppState) -> Router {
             get(admin::show_workspace).delete(admin::delete_workspace),
         )
         .route(routes::WORKSPACE_BUILDS, post(admin::create_build))
+        .route(routes::AGENT_KEY, delete(admin::reset_agent_key))
         .route(routes::AGENT_SESSIONS, delete(admin::revoke_sessions))
         .route(routes::AUDIT, get(admin::audit))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));

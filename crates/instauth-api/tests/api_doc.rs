@@ -72,7 +72,8 @@ async fn router_serves_every_listed_route() {
     for (method, path) in ROUTES {
         let path = path
             .replace("{workspace}", "ws")
-            .replace("{agent_id}", "00000000-0000-0000-0000-000000000000");
+            .replace("{agent_id}", "00000000-0000-0000-0000-000000000000")
+            .replace("{agent}", "main");
         let res = http
             .request(method.parse().unwrap(), format!("{url}{path}"))
             .send()

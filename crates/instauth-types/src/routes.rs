@@ -23,6 +23,8 @@ pub const WORKSPACES: &str = "/api/v2/workspaces";
 pub const WORKSPACE: &str = "/api/v2/workspaces/{workspace}";
 /// `POST`: a new build of a workspace; see [`workspace_builds`].
 pub const WORKSPACE_BUILDS: &str = "/api/v2/workspaces/{workspace}/builds";
+/// `DELETE`: forget the key bound to an agent of a workspace's latest build; see [`agent_key`].
+pub const AGENT_KEY: &str = "/api/v2/workspaces/{workspace}/agents/{agent}/key";
 /// `DELETE`: end every session of an agent; see [`agent_sessions`].
 pub const AGENT_SESSIONS: &str = "/api/v2/workspaceagents/{agent_id}/sessions";
 /// `GET`: exchange attempts; see [`audit`].
@@ -45,6 +47,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("GET", WORKSPACE),
     ("DELETE", WORKSPACE),
     ("POST", WORKSPACE_BUILDS),
+    ("DELETE", AGENT_KEY),
     ("DELETE", AGENT_SESSIONS),
     ("GET", AUDIT),
     ("GET", HEALTHZ),
@@ -80,6 +83,15 @@ pub fn workspace(workspace: &str) -> String {
 /// The path of [`WORKSPACE_BUILDS`] for `workspace`.
 pub fn workspace_builds(workspace: &str) -> String {
     format!("{WORKSPACES}/{}/builds", segment(workspace))
+}
+
+/// The path of [`AGENT_KEY`] for agent `agent` of `workspace`.
+pub fn agent_key(workspace: &str, agent: &str) -> String {
+    format!(
+        "{WORKSPACES}/{}/agents/{}/key",
+        segment(workspace),
+        segment(agent)
+    )
 }
 
 /// The path of [`AGENT_SESSIONS`] for the agent `agent_id`.
