@@ -39,6 +39,9 @@ pub struct IdentityVerifyArgs {
     /// Trust material, as for `instauth server`.
     #[command(flatten)]
     pub trust: crate::trust::TrustArgs,
+    /// Allow-lists, as for `instauth server`: a proof outside them fails.
+    #[command(flatten)]
+    pub allow: crate::access::AllowArgs,
 }
 
 fn read_input(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -52,8 +55,8 @@ fn read_input(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Verifies the proof in `args.file`; prints the identity as JSON on stdout and returns
-/// success, or prints why verification failed on stderr and returns 1. Unreadable input or
+/// Verifies the proof in `args.file` and checks it against the allow-lists; prints the identity
+/// as JSON on stdout and returns success, or prints why it failed on stderr and returns 1. Unreadable input or
 /// trust material is an `Err`.
 pub async fn run(args: IdentityVerifyArgs) -> anyhow::Result<ExitCode> {
     let clock: Arc<dyn Clock> = match args.at {
@@ -72,6 +75,12 @@ pub async fn run(args: IdentityVerifyArgs) -> anyhow::Result<ExitCode> {
     let result = verifiers.verify(&proof).await;
     match result {
         Ok(identity) => {
+            if let Err(why) =
+                instauth_api::access::check_allow_lists(&identity, &args.allow.lists())
+            {
+                eprintln!("identity not allowed: {why}");
+                return Ok(ExitCode::from(1));
+            }
             println!("{}", serde_json::to_string(&identity)?);
             Ok(ExitCode::SUCCESS)
         }

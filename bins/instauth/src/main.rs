@@ -1,6 +1,7 @@
 //! `instauth`: the server and its admin CLI. Wiring only: parse arguments, set up logging,
 //! build the pieces from the library crates and run them.
 
+mod access;
 mod identity;
 mod trust;
 mod workspaces;
@@ -116,6 +117,13 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, env = "INSTAUTH_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    #[command(flatten)]
+    allow: access::AllowArgs,
+    /// Every exchange must be signed with an agent key; without one an agent gets 401 "Invalid
+    /// agent key.". Agents that hold a key bind it on their first exchange either way (see
+    /// "Agent keys" in docs/OPERATIONS.md).
+    #[arg(long, env = "INSTAUTH_REQUIRE_AGENT_KEYS")]
+    require_agent_keys: bool,
 }
 
 /// A duration flag's parser that accepts `min..=max` only, so a typo fails at start with an
@@ -296,6 +304,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             retry_after: args.retry_after,
             audit_retention: args.audit_retention,
             trusted_proxies: args.trusted_proxies.clone(),
+            allow_lists: args.allow.lists(),
+            require_agent_keys: args.require_agent_keys,
+            clock: Arc::new(instauth_verify::SystemClock),
         },
     )
     .await

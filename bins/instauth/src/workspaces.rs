@@ -89,6 +89,16 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Forget the key bound to an agent (after its VM was rebuilt in place) and end its
+    /// sessions; the agent's next signed exchange binds its key again.
+    ResetKey {
+        /// Workspace name.
+        workspace: String,
+        /// Agent name.
+        agent: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `instauth audit`.
@@ -209,6 +219,24 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             client.client()?.delete_workspace(&name).await?;
             if let Output::Table = client.output {
                 println!("workspace {} deleted", render::escape_controls(&name));
+            }
+        }
+        Command::ResetKey {
+            workspace,
+            agent,
+            client,
+        } => {
+            client
+                .client()?
+                .reset_agent_key(&workspace, &agent)
+                .await?;
+            if let Output::Table = client.output {
+                println!(
+                    "agent {} of workspace {}: key binding reset, sessions ended; its next \
+                     signed exchange binds its key",
+                    render::escape_controls(&agent),
+                    render::escape_controls(&workspace)
+                );
             }
         }
     }

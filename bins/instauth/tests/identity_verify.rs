@@ -34,6 +34,9 @@ fn run(dir: &Path, provider: &str, body: &serde_json::Value, extra: &[&str]) -> 
         .env_remove("INSTAUTH_AZURE_INTERMEDIATES")
         .env_remove("INSTAUTH_GOOGLE_JWKS_URL")
         .env_remove("INSTAUTH_GOOGLE_AUDIENCE")
+        .env_remove("INSTAUTH_AWS_ACCOUNTS")
+        .env_remove("INSTAUTH_GCP_PROJECTS")
+        .env_remove("INSTAUTH_AZURE_SUBSCRIPTIONS")
         .output()
         .unwrap();
     Outcome {
@@ -178,4 +181,51 @@ fn garbage_input_fails_cleanly() {
         assert_ne!(out.code, Some(0), "{provider}");
         assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     }
+}
+
+#[test]
+fn allow_lists_refuse_other_accounts_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, TestPki::gcp_jwks_json()).unwrap();
+    let body = serde_json::to_value(pki.gcp_jwt("4242", "coder")).unwrap();
+    let jwks_arg = jwks.to_str().unwrap();
+    let allowed = run(
+        dir.path(),
+        "gcp",
+        &body,
+        &[
+            "--google-jwks-url",
+            jwks_arg,
+            "--gcp-projects",
+            "other, test-project",
+        ],
+    );
+    assert_eq!(identity(&allowed)["project_id"], "test-project");
+    // Another cloud's list does not restrict this one.
+    let other_cloud = run(
+        dir.path(),
+        "gcp",
+        &body,
+        &["--google-jwks-url", jwks_arg, "--aws-accounts", "123"],
+    );
+    assert_eq!(other_cloud.code, Some(0), "{}", other_cloud.stderr);
+    let out = run(
+        dir.path(),
+        "gcp",
+        &body,
+        &[
+            "--google-jwks-url",
+            jwks_arg,
+            "--gcp-projects",
+            "prod-1,prod-2",
+        ],
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        out.stderr.trim(),
+        r#"identity not allowed: project_id: expected one of "prod-1", "prod-2" (server allow-list --gcp-projects), got "test-project""#
+    );
 }

@@ -181,6 +181,18 @@ impl Client {
             .map(drop)
     }
 
+    /// `DELETE /api/v2/workspaces/{workspace}/agents/{agent}/key`: forgets the key bound to the
+    /// agent and ends its sessions; its next signed exchange binds again.
+    pub async fn reset_agent_key(&self, workspace: &str, agent: &str) -> Result<()> {
+        let endpoint = self.endpoint(&routes::agent_key(
+            usable("workspace", workspace)?,
+            usable("agent", agent)?,
+        ));
+        self.send(self.http.delete(&endpoint), &endpoint)
+            .await
+            .map(drop)
+    }
+
     /// `DELETE /api/v2/workspaceagents/{agent_id}/sessions`: ends every session of an agent.
     pub async fn revoke_sessions(&self, agent_id: uuid::Uuid) -> Result<()> {
         let endpoint = self.endpoint(&routes::agent_sessions(&agent_id.to_string()));

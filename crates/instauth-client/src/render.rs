@@ -4,7 +4,7 @@
 //! clients sent (the requested agent name), and an escape sequence in it must not reach the
 //! operator's terminal.
 
-use instauth_types::{AuditEntry, BuildResponse, WorkspaceInfo};
+use instauth_types::{AgentStatus, AuditEntry, BuildResponse, WorkspaceInfo};
 
 /// `s` with every control character written as a Rust escape (`\u{1b}`), newlines excepted.
 pub fn escape_controls(s: &str) -> String {
@@ -129,6 +129,7 @@ pub fn workspace(w: &WorkspaceInfo) -> String {
         "STATUS",
         "LIFECYCLE",
         "LAST HEARTBEAT",
+        "KEY",
     ]
     .map(String::from)
     .to_vec()];
@@ -142,14 +143,44 @@ pub fn workspace(w: &WorkspaceInfo) -> String {
             a.status.to_string(),
             a.lifecycle_state.to_string(),
             time(a.last_connected_at),
+            agent_key(a),
         ]);
     }
+    let expects: String = w
+        .resources
+        .iter()
+        .flatten()
+        .filter_map(|r| {
+            let claims: Vec<String> = r
+                .expect
+                .as_ref()?
+                .iter()
+                .map(|(k, v)| format!("{}={}", cell(k), cell(v)))
+                .collect();
+            Some(format!("resource {} expects {}\n", cell(&r.name), claims.join(" ")))
+        })
+        .collect();
     format!(
-        "workspace {} build {}\n{}",
+        "workspace {} build {}\n{expects}{}",
         cell(&w.name),
         w.build_number,
         columns(&rows, &[])
     )
+}
+
+/// An agent's key column: `bound <fingerprint>` or `not bound` (root instance identity agents,
+/// the only ones that can bind a key), `(required)` when the build requires one.
+fn agent_key(a: &AgentStatus) -> String {
+    let bound = match &a.agent_key {
+        Some(k) => format!("bound {}", cell(&k.fingerprint)),
+        None if a.auth.is_instance_identity() && a.parent.is_none() => "not bound".into(),
+        None => "-".into(),
+    };
+    if a.require_agent_key {
+        format!("{bound} (required)")
+    } else {
+        bound
+    }
 }
 
 /// Minimum audit column widths, so that lines printed one by one (`--follow`) line up under the
