@@ -23,10 +23,20 @@ const AGENT: &str = env!("CARGO_BIN_EXE_instauth-agent");
 /// Longest wait for a log line of a child process before the bench gives up.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// One agent key for every start: the server binds it on the first exchange, and every later
+/// start of `main` must present the same key.
+fn key_file() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .join("main.key")
+}
+
 /// Spawns the agent and returns it once it logged `connected`.
 async fn connected_agent(server: &str, imds: &str, interval: &str) -> Child {
     let mut child = Command::new(AGENT)
         .env_clear()
+        .env("CODER_AGENT_KEY_FILE", key_file())
         .env("CODER_AGENT_AUTH", "aws-instance-identity")
         .env("CODER_AGENT_URL", server)
         .env("CODER_AGENT_NAME", "main")

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use instauth_agent_sdk::{agent_key, AgentAuth, AgentKey, GoogleIdentity};
 use instauth_agent_sdk::{
     header_command, ops, parse_header, Agent, AgentOptions, Client, ClientOptions, Credentials,
     MetadataClient, MetadataEndpoints, Metrics, Session,
 };
-use instauth_agent_sdk::{AgentAuth, GoogleIdentity};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -108,6 +108,13 @@ struct Args {
     )]
     google_service_account: String,
 
+    /// The file holding this agent's Ed25519 key (PKCS#8 DER), created (mode 0600, in a 0700
+    /// directory) on first start; every exchange is signed with it and the server binds it to
+    /// the agent name. Default: $XDG_STATE_HOME/instauth-agent/<agent name or "default">.key
+    /// (else ~/.local/state/...). `none` sends no key.
+    #[arg(long, env = "CODER_AGENT_KEY_FILE", value_name = "FILE")]
+    agent_key_file: Option<PathBuf>,
+
     /// Time between heartbeats.
     #[arg(long, env = "CODER_AGENT_HEARTBEAT_INTERVAL", default_value = "15s",
           value_parser = humantime::parse_duration)]
@@ -167,9 +174,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
     )?;
     let metrics = Arc::new(Metrics::default());
-    let session = Arc::new(
-        Session::new(client, credentials, args.agent_name.as_deref()).with_metrics(metrics.clone()),
-    );
+    let mut session =
+        Session::new(client, credentials, args.agent_name.as_deref()).with_metrics(metrics.clone());
+    if let Some(key) = agent_key(&args)? {
+        session = session.with_agent_key(key);
+    }
+    let session = Arc::new(session);
     let agent = Agent::new(
         session,
         AgentOptions {
@@ -215,6 +225,34 @@ fn credentials(args: &Args) -> anyhow::Result<Credentials> {
             audience: args.google_audience.clone(),
         },
     })
+}
+
+/// The agent key of `--agent-key-file`, loaded or created; none for token auth (which never
+/// exchanges a proof) or with `--agent-key-file none`.
+fn agent_key(args: &Args) -> anyhow::Result<Option<AgentKey>> {
+    if !args.auth.is_instance_identity() {
+        return Ok(None);
+    }
+    let path = match args.agent_key_file.as_deref() {
+        Some(p) if p.as_os_str() == agent_key::NO_KEY => {
+            tracing::info!("No agent key (--agent-key-file none): exchanges are not signed.");
+            return Ok(None);
+        }
+        Some(p) => p.to_path_buf(),
+        None => agent_key::default_path(args.agent_name.as_deref())?,
+    };
+    let (key, created) = AgentKey::load_or_create(&path)?;
+    tracing::info!(
+        path = %path.display(),
+        fingerprint = %key.fingerprint(),
+        "{}",
+        if created {
+            "Created a new agent key; the first exchange binds it to this agent."
+        } else {
+            "Loaded the agent key."
+        }
+    );
+    Ok(Some(key))
 }
 
 /// Binds `addr`; a failure is logged, not fatal (several agents on one host share defaults).

@@ -56,6 +56,7 @@ fn help_lists_every_flag_with_its_environment_variable() {
             "CODER_AGENT_HEARTBEAT_INTERVAL",
             Some("15s"),
         ),
+        ("--agent-key-file", "CODER_AGENT_KEY_FILE", None),
     ] {
         let start = options
             .find(&format!("{flag} <"))
@@ -111,4 +112,18 @@ fn a_bad_header_is_refused_without_echoing_it() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("expected key=value"), "{err}");
     assert!(!err.contains("secret-value"), "{err}");
+}
+
+#[test]
+fn no_place_for_the_agent_key_says_what_to_set() {
+    let out = Command::new(AGENT)
+        .env_clear()
+        .args(["--agent-url", "http://127.0.0.1:9"])
+        .args(["--auth", "aws-instance-identity", "--agent-name", "main"])
+        .args(["--prometheus-address", "", "--debug-address", ""])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("CODER_AGENT_KEY_FILE"), "{err}");
 }

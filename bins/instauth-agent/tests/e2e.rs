@@ -1,5 +1,6 @@
 //! End to end: the real `instauth` server, real `instauth-agent` processes, fake cloud metadata
-//! services serving proofs signed with the test PKI. Run on SQLite and on PostgreSQL.
+//! services serving proofs signed with the test PKI. Run on SQLite and on PostgreSQL. Each VM
+//! has its own state directory, where its agents keep their keys.
 //!
 //! The server binary is taken from `INSTAUTH_BIN`, or from beside this package's binary (the
 //! same target directory): build it first with `cargo build -p instauth`.
@@ -86,7 +87,7 @@ struct Server {
     admin_token: String,
     http: reqwest::Client,
     stderr: Lines,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -155,8 +156,53 @@ impl Server {
             admin_token,
             http: reqwest::Client::new(),
             stderr,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// A fresh state directory for one VM's agents (`XDG_STATE_HOME`).
+    fn vm_state(&self, vm: &str) -> String {
+        let dir = self.dir.path().join("vms").join(vm);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.to_str().unwrap().to_owned()
+    }
+
+    /// Runs the admin CLI (`instauth workspaces ...`) against this server.
+    async fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(server_binary())
+            .arg("workspaces")
+            .args(args)
+            .args(["--url", &self.url, "--token", &self.admin_token])
+            .env_remove("INSTAUTH_URL")
+            .env_remove("INSTAUTH_ADMIN_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "instauth workspaces {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The bound key of agent `name` of `workspace`: (fingerprint, bound_at).
+    async fn bound_key(&self, workspace: &str, name: &str) -> Option<(String, String)> {
+        let ws = self.workspace(workspace).await;
+        let agent = ws["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()
+            .clone();
+        let key = &agent["agent_key"];
+        key.is_object().then(|| {
+            (
+                key["fingerprint"].as_str().unwrap().to_owned(),
+                key["bound_at"].as_str().unwrap().to_owned(),
+            )
+        })
     }
 
     async fn create_build(&self, workspace: &str, resource_type: &str, agents: serde_json::Value) {
@@ -279,7 +325,11 @@ async fn scenario(db: TestDb) {
         )
         .await;
     let aws = FakeImds::aws(&pki, instance, "us-east-1", AwsImdsMode::Imdsv2Required).await;
-    let aws_env = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", aws.url())];
+    let aws_state = server.vm_state("aws");
+    let aws_env = [
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", aws.url()),
+        ("XDG_STATE_HOME", aws_state.as_str()),
+    ];
     let main = Agent::start(&server, "aws-instance-identity", Some("main"), &aws_env);
     let dev = Agent::start(&server, "aws-instance-identity", Some(" dev "), &aws_env);
     let unnamed = Agent::start(&server, "aws-instance-identity", None, &aws_env);
@@ -304,11 +354,15 @@ async fn scenario(db: TestDb) {
         )
         .await;
     let azure = FakeImds::azure(&pki, vm_id).await;
+    let azure_state = server.vm_state("azure");
     let azure_agent = Agent::start(
         &server,
         "azure-instance-identity",
         Some("main"),
-        &[("CODER_AGENT_AZURE_METADATA_URL", azure.url())],
+        &[
+            ("CODER_AGENT_AZURE_METADATA_URL", azure.url()),
+            ("XDG_STATE_HOME", &azure_state),
+        ],
     );
     let gce_id = "4242000000000000042";
     server
@@ -326,6 +380,7 @@ async fn scenario(db: TestDb) {
         &[
             ("GCE_METADATA_HOST", gcp.host()),
             ("CODER_AGENT_GOOGLE_AUDIENCE", "coder"),
+            ("XDG_STATE_HOME", &server.vm_state("gcp")),
         ],
     );
     azure_agent
@@ -338,6 +393,69 @@ async fn scenario(db: TestDb) {
     server
         .wait_agents("aws-multi", "lifecycle_state", "ready")
         .await;
+
+    // Agent keys: `main` and `dev` on one VM each bound their own key, kept in the VM's state
+    // directory, and `workspaces show` names them.
+    let key_dir = std::path::Path::new(&aws_state).join("instauth-agent");
+    assert!(key_dir.join("main.key").exists() && key_dir.join("dev.key").exists());
+    let (main_fp, main_bound_at) = server.bound_key("aws-multi", "main").await.unwrap();
+    let (dev_fp, _) = server.bound_key("aws-multi", "dev").await.unwrap();
+    assert_ne!(main_fp, dev_fp);
+    assert!(
+        main.stderr.find(&main_fp).is_some(),
+        "main logs its key's fingerprint"
+    );
+    let shown = server.cli(&["show", "aws-multi"]).await;
+    assert!(
+        shown.contains(&format!("bound {main_fp}")) && shown.contains(&format!("bound {dev_fp}")),
+        "{shown}"
+    );
+    // A third process on the VM claims `main` with a key of its own: refused, and it says why.
+    let intruder_key = format!("{aws_state}/intruder.key");
+    let intruder = Agent::start(
+        &server,
+        "aws-instance-identity",
+        Some("main"),
+        &[
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", aws.url()),
+            ("CODER_AGENT_KEY_FILE", &intruder_key),
+        ],
+    );
+    let line = intruder
+        .stderr
+        .wait_for("The server refused this agent's key", "intruder")
+        .await;
+    assert!(line.contains("ERROR") && line.contains(&main_fp), "{line}");
+    assert!(
+        line.contains("instauth workspaces reset-key WORKSPACE main"),
+        "{line}"
+    );
+    assert!(intruder.stderr.find("connected").is_none());
+    intruder.terminate().await;
+    assert_eq!(
+        server.bound_key("aws-multi", "main").await.unwrap().0,
+        main_fp
+    );
+    // The admin resets `main`'s binding: its sessions end, and the real `main` binds its key
+    // again on its next exchange.
+    let out = server.cli(&["reset-key", "aws-multi", "main"]).await;
+    assert!(out.contains("key binding reset"), "{out}");
+    let start = Instant::now();
+    loop {
+        if let Some((fp, at)) = server.bound_key("aws-multi", "main").await {
+            if at != main_bound_at {
+                assert_eq!(fp, main_fp, "the real main rebound its own key");
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "main never rebound its key:\n{}",
+            main.stderr.all()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.wait_agents("aws-multi", "status", "connected").await;
 
     // A session deleted server-side: the agent gets 401, exchanges again and stays connected
     // (its heartbeats keep landing after the revocation).

@@ -229,13 +229,45 @@ impl Agent {
             s.connected = false;
             s.last_error = Some(e.to_string());
         });
-        log_failure(e, what);
+        log_failure_for(e, what, self.session.agent_name());
     }
 }
 
 /// Logs a failure with what to do about it.
 pub fn log_failure(e: &Error, what: &str) {
+    log_failure_for(e, what, None)
+}
+
+/// Logs a failure of the agent named `agent_name` with what to do about it.
+pub fn log_failure_for(e: &Error, what: &str, agent_name: Option<&str>) {
     match e {
+        Error::Unauthorized {
+            message, detail, ..
+        } if e.is_agent_key_refusal() => {
+            let detail = detail.as_deref().unwrap_or(message);
+            let agent = agent_name.unwrap_or("AGENT");
+            tracing::error!(
+                detail,
+                "The server refused this agent's key: {detail}. Could not {what}. If this agent's \
+                 VM was rebuilt in place or its key file was replaced, an admin can reset the \
+                 binding with `instauth workspaces reset-key WORKSPACE {agent}`; otherwise another \
+                 process already holds this agent's name."
+            )
+        }
+        Error::Status {
+            status: 403,
+            message,
+            detail,
+            ..
+        } => {
+            let detail = detail.as_deref().unwrap_or(message);
+            tracing::error!(
+                detail,
+                "The server does not allow this instance's identity: {detail}. Could not {what}; \
+                 check the server's allow-lists (--aws-accounts, --gcp-projects, \
+                 --azure-subscriptions) and the resource's expect."
+            )
+        }
         Error::Conflict {
             message,
             agent_names,

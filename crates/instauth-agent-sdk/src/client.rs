@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use instauth_types::{
-    routes, AuthenticateResponse, ErrorResponse, HeartbeatRequest, Manifest, Proof, Provider,
-    SESSION_TOKEN_HEADER,
+    routes, AgentKeyFields, AuthenticateResponse, ErrorResponse, HeartbeatRequest, Manifest,
+    Proof, Provider, SESSION_TOKEN_HEADER,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -144,11 +144,19 @@ impl Client {
 
     /// Exchanges `proof` for a session token.
     pub async fn exchange(&self, proof: &Proof) -> Result<String> {
+        self.exchange_with_key(proof, &AgentKeyFields::default())
+            .await
+    }
+
+    /// Exchanges `proof`, with the agent key fields `key` beside it (none when empty), for a
+    /// session token.
+    pub async fn exchange_with_key(&self, proof: &Proof, key: &AgentKeyFields) -> Result<String> {
         let endpoint = self.endpoint(exchange_path(proof.provider()));
+        let post = |body: &dyn erased::Body| body.post(&self.http, &endpoint, key);
         let req = match proof {
-            Proof::Aws(b) => self.http.post(&endpoint).json(b),
-            Proof::Azure(b) => self.http.post(&endpoint).json(b),
-            Proof::Gcp(b) => self.http.post(&endpoint).json(b),
+            Proof::Aws(b) => post(b),
+            Proof::Azure(b) => post(b),
+            Proof::Gcp(b) => post(b),
         };
         let resp: AuthenticateResponse = json(send(req, &endpoint).await?, &endpoint).await?;
         if resp.session_token.is_empty() {
@@ -178,6 +186,35 @@ impl Client {
                 lifecycle_state: state.into(),
             });
         send(req, &endpoint).await.map(drop)
+    }
+}
+
+/// One way to POST any of the three proof bodies with the agent key fields beside it.
+mod erased {
+    use instauth_types::{AgentKeyFields, ExchangeRequest};
+    use serde::Serialize;
+
+    pub(super) trait Body {
+        fn post(
+            &self,
+            http: &reqwest::Client,
+            endpoint: &str,
+            key: &AgentKeyFields,
+        ) -> reqwest::RequestBuilder;
+    }
+
+    impl<R: Serialize> Body for R {
+        fn post(
+            &self,
+            http: &reqwest::Client,
+            endpoint: &str,
+            key: &AgentKeyFields,
+        ) -> reqwest::RequestBuilder {
+            http.post(endpoint).json(&ExchangeRequest {
+                body: self,
+                agent_key: key.clone(),
+            })
+        }
     }
 }
 

@@ -123,6 +123,14 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// The agent key file cannot be read, created or parsed.
+    #[error("agent key file {}: {detail}", .path.display())]
+    AgentKey {
+        /// The file (or directory) at fault.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// Configuration that cannot work (e.g. an unparsable URL).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -147,6 +155,14 @@ impl Error {
     /// True for a 401 from the server.
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, Error::Unauthorized { .. })
+    }
+
+    /// True for the server's 401 "Invalid agent key." (SPEC §2.1): the agent key is missing,
+    /// not the bound one, or its signature is wrong. A new exchange with the same key will not
+    /// help until an admin resets the binding.
+    pub fn is_agent_key_refusal(&self) -> bool {
+        matches!(self, Error::Unauthorized { message, .. }
+            if message == instauth_types::agent_key::REFUSED_MESSAGE)
     }
 
     /// The candidate agent names of a 409 or 404 exchange response.

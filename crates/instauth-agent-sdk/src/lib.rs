@@ -6,7 +6,8 @@
 //! - [`client::Client`] talks to the instauth server: the exchange endpoints and the agent API
 //!   (`me/manifest`, `me/heartbeat`), with extra headers on every request.
 //! - [`session::Session`] holds the session token (static, from a file, or exchanged) and
-//!   refreshes it once, single-flight, when the server answers 401.
+//!   refreshes it once, single-flight, when the server answers 401. With an
+//!   [`agent_key::AgentKey`] it signs every exchange (SPEC §2.1).
 //! - [`agent::Agent`] runs the agent's life: connect, heartbeat, back off, report shutdown.
 //! - [`ops`] serves the agent's metrics and debug endpoints.
 //!
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod agent;
+pub mod agent_key;
 pub mod client;
 pub mod error;
 pub mod metadata;
@@ -38,6 +40,7 @@ pub mod ops;
 pub mod session;
 
 pub use agent::{Agent, AgentOptions, AgentStatus, Backoff};
+pub use agent_key::AgentKey;
 pub use client::{
     exchange_path, header_command, normalize_agent_name, parse_header, Client, ClientOptions,
     LifecycleState,

@@ -1,5 +1,6 @@
 //! The session token provider: a static token, a token file, or an instance identity proof
-//! exchanged for a session token, refreshed when the server answers 401.
+//! (signed with the agent's key, when it has one) exchanged for a session token, refreshed when
+//! the server answers 401.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use tokio::sync::Mutex;
 
 use instauth_types::Provider;
 
+use crate::agent_key::AgentKey;
 use crate::client::{normalize_agent_name, Client, LifecycleState};
 use crate::error::{Error, Result};
 use crate::metadata::{GoogleIdentity, MetadataClient};
@@ -70,6 +72,16 @@ pub struct Session {
     agent_name: Option<String>,
     current: Mutex<Option<SessionToken>>,
     metrics: Arc<Metrics>,
+    agent_key: Option<AgentKey>,
+}
+
+/// The current time in Unix seconds, for `agent_key_time`.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or_default()
 }
 
 impl Session {
@@ -82,7 +94,20 @@ impl Session {
             agent_name: normalize_agent_name(agent_name),
             current: Mutex::new(None),
             metrics: Arc::new(Metrics::default()),
+            agent_key: None,
         }
+    }
+
+    /// Signs every exchange with `key` (SPEC §2.1): the server binds it to the agent on the
+    /// first exchange and refuses the agent's name to any other key afterwards.
+    pub fn with_agent_key(mut self, key: AgentKey) -> Self {
+        self.agent_key = Some(key);
+        self
+    }
+
+    /// The key exchanges are signed with, if any.
+    pub fn agent_key(&self) -> Option<&AgentKey> {
+        self.agent_key.as_ref()
     }
 
     /// Counts exchanges and heartbeats into `metrics` instead of a private set.
@@ -172,7 +197,12 @@ impl Session {
             } => {
                 let mut proof = metadata.proof(*provider, google).await?;
                 proof.set_agent_name(self.agent_name.as_deref());
-                let result = self.client.exchange(&proof).await;
+                let signed = self
+                    .agent_key
+                    .as_ref()
+                    .map(|k| k.sign(&proof, unix_now()))
+                    .unwrap_or_default();
+                let result = self.client.exchange_with_key(&proof, &signed).await;
                 self.metrics.count_exchange(&result);
                 match &result {
                     Ok(_) => tracing::info!(

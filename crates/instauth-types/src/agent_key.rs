@@ -24,6 +24,8 @@ pub const SIGNATURE_LEN: usize = 64;
 pub const MAX_TIME_SKEW_SECS: i64 = 60;
 /// Characters of base64url SHA-256 that make a key's fingerprint.
 pub const FINGERPRINT_LEN: usize = 16;
+/// The `message` of every 401 that refuses an agent key (SPEC §2); its `detail` says why.
+pub const REFUSED_MESSAGE: &str = "Invalid agent key.";
 
 /// The body of one cloud's exchange endpoint.
 pub trait ExchangeBody {
