@@ -89,3 +89,53 @@ async fn router_serves_every_listed_route() {
     let res = http.get(format!("{url}/api/v2/nope")).send().await.unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// The worked example of the agent key signature in docs/API.md, recomputed: a fixed seed, time
+/// and proof give one public key, message, digest and signature (Ed25519 is deterministic), so
+/// the document cannot drift from the code the server and the agent share.
+#[test]
+fn api_md_agent_key_example_is_exact() {
+    use instauth_types::agent_key;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    let seed: Vec<u8> = (0u8..32).collect();
+    let key = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    let token = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJhdWQiOiJjb2RlciJ9.c2lnbmF0dXJl";
+    let time = 1_767_225_600; // 2026-01-01T00:00:00Z
+    let message = agent_key::message(instauth_types::Provider::Gcp, Some(" main "), time, token);
+    let digest = message.rsplit('\n').next().unwrap().to_owned();
+    let signature = key.sign(message.as_bytes());
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public_key().as_ref())
+        .verify(message.as_bytes(), signature.as_ref())
+        .unwrap();
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let expected = format!(
+        "```text\n\
+         Ed25519 seed (hex)   {hex}\n\
+         agent_public_key     {}\n\
+         fingerprint          {}\n\
+         provider             gcp\n\
+         agent_name           \" main \" (trimmed: main)\n\
+         agent_key_time       {time}\n\
+         json_web_token       {token}\n\
+         SHA-256 (hex)        {digest}\n\
+         agent_key_signature  {}\n\
+         ```\n\
+         \n\
+         The message (five lines joined by LF, 0x0a, with no LF at the end; {} bytes):\n\
+         \n\
+         ```text\n\
+         {message}\n\
+         ```\n",
+        agent_key::encode(key.public_key().as_ref()),
+        agent_key::fingerprint(key.public_key().as_ref()),
+        agent_key::encode(signature.as_ref()),
+        message.len(),
+    );
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/API.md")).unwrap();
+    assert!(
+        doc.contains(&expected),
+        "docs/API.md must contain the agent key example exactly as follows:\n{expected}"
+    );
+}
