@@ -489,3 +489,76 @@ async fn exchange_errors_keep_the_server_message_detail_and_names() {
         Duration::from_secs(7)
     );
 }
+
+#[tokio::test]
+async fn a_session_with_a_key_signs_every_exchange() {
+    use instauth_types::agent_key;
+
+    let pki = TestPki::new();
+    let server = FakeServer::start().await;
+    let imds = FakeImds::aws(&pki, "i-1", "us-east-1", AwsImdsMode::Imdsv2Optional).await;
+    let (key, _) = instauth_agent_sdk::AgentKey::generate().unwrap();
+    let public = agent_key::encode(key.public_key());
+    let session = aws_session(&server, &imds, Some(" main ")).with_agent_key(key);
+    session.manifest().await.unwrap();
+    let body = server.recorded.lock().unwrap().exchanges[0].1.clone();
+    assert_eq!(body["agent_public_key"], public.as_str());
+    let time = body["agent_key_time"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - time).abs() <= 5, "{time} vs {now}");
+    // What the server checks: the shared message over the PKCS#7 and the trimmed name.
+    let message = agent_key::message(
+        Provider::Aws,
+        Some("main"),
+        time,
+        body["pkcs7"].as_str().unwrap(),
+    );
+    let signature = agent_key::decode(body["agent_key_signature"].as_str().unwrap()).unwrap();
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ED25519,
+        agent_key::decode(&public).unwrap(),
+    )
+    .verify(message.as_bytes(), &signature)
+    .unwrap();
+
+    // A key refusal is told apart from other 401s.
+    server.config.lock().unwrap().exchange_error = Some((
+        401,
+        serde_json::json!({"message": "Invalid agent key.", "detail": "agent \"main\" is bound to the agent key abc, not to def"}),
+        None,
+    ));
+    let err = aws_session(&server, &imds, Some("main"))
+        .manifest()
+        .await
+        .unwrap_err();
+    assert!(err.is_agent_key_refusal(), "{err:?}");
+    assert!(
+        err.to_string().contains("bound to the agent key abc"),
+        "{err}"
+    );
+    server.config.lock().unwrap().exchange_error = Some((
+        401,
+        serde_json::json!({"message": "Invalid AWS identity."}),
+        None,
+    ));
+    let err = aws_session(&server, &imds, None)
+        .manifest()
+        .await
+        .unwrap_err();
+    assert!(err.is_unauthorized() && !err.is_agent_key_refusal());
+}
+
+#[tokio::test]
+async fn a_session_without_a_key_sends_no_key_fields() {
+    let pki = TestPki::new();
+    let server = FakeServer::start().await;
+    let imds = FakeImds::aws(&pki, "i-1", "us-east-1", AwsImdsMode::Imdsv2Optional).await;
+    aws_session(&server, &imds, None).manifest().await.unwrap();
+    let body = server.recorded.lock().unwrap().exchanges[0].1.clone();
+    for field in ["agent_public_key", "agent_key_time", "agent_key_signature"] {
+        assert!(body.get(field).is_none(), "{field} in {body}");
+    }
+}
