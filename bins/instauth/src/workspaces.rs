@@ -226,10 +226,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             agent,
             client,
         } => {
-            client
-                .client()?
-                .reset_agent_key(&workspace, &agent)
-                .await?;
+            client.client()?.reset_agent_key(&workspace, &agent).await?;
             if let Output::Table = client.output {
                 println!(
                     "agent {} of workspace {}: key binding reset, sessions ended; its next \

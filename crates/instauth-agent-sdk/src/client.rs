@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use instauth_types::{
-    routes, AgentKeyFields, AuthenticateResponse, ErrorResponse, HeartbeatRequest, Manifest,
-    Proof, Provider, SESSION_TOKEN_HEADER,
+    routes, AgentKeyFields, AuthenticateResponse, ErrorResponse, HeartbeatRequest, Manifest, Proof,
+    Provider, SESSION_TOKEN_HEADER,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;

@@ -215,7 +215,7 @@ pub(crate) async fn delete_workspace(
 pub(crate) async fn reset_agent_key(
     State(state): State<AppState>,
     _: Admin,
-    Path((workspace, agent)): Path<(String, String)>,
+    PathParam((workspace, agent)): PathParam<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     if state
         .inner

@@ -17,9 +17,8 @@ use instauth_store::validate::has_control;
 use instauth_store::{Candidate, NewAuditRecord};
 use instauth_types::agent_key::{self, PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use instauth_types::{
-    AgentKeyFields, AuthenticateResponse, AwsInstanceIdentityRequest,
-    AzureInstanceIdentityRequest, ExchangeBody, ExchangeRequest, GoogleInstanceIdentityRequest,
-    ValidationError,
+    AgentKeyFields, AuthenticateResponse, AwsInstanceIdentityRequest, AzureInstanceIdentityRequest,
+    ExchangeBody, ExchangeRequest, GoogleInstanceIdentityRequest, ValidationError,
 };
 use instauth_verify::{Identity, Verified};
 use subtle::ConstantTimeEq;
@@ -485,13 +484,9 @@ pub(crate) async fn aws(
     body: Result<JsonBody<ExchangeRequest<AwsInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.aws;
-    exchange(
-        &state,
-        client,
-        body,
-        validate_aws,
-        async |r| verifier.verify(r).map_err(|e| e.to_string()),
-    )
+    exchange(&state, client, body, validate_aws, async |r| {
+        verifier.verify(r).map_err(|e| e.to_string())
+    })
     .await
 }
 
@@ -502,13 +497,9 @@ pub(crate) async fn azure(
     body: Result<JsonBody<ExchangeRequest<AzureInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.azure;
-    exchange(
-        &state,
-        client,
-        body,
-        validate_azure,
-        async |r| verifier.verify(r).map_err(|e| e.to_string()),
-    )
+    exchange(&state, client, body, validate_azure, async |r| {
+        verifier.verify(r).map_err(|e| e.to_string())
+    })
     .await
 }
 
@@ -519,12 +510,8 @@ pub(crate) async fn google(
     body: Result<JsonBody<ExchangeRequest<GoogleInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
     let verifier = &state.inner.verifiers.gcp;
-    exchange(
-        &state,
-        client,
-        body,
-        validate_gcp,
-        async |r| verifier.verify(r).await.map_err(|e| e.to_string()),
-    )
+    exchange(&state, client, body, validate_gcp, async |r| {
+        verifier.verify(r).await.map_err(|e| e.to_string())
+    })
     .await
 }

@@ -86,12 +86,12 @@ async fn start(backend: TestBackend, options: Options) -> Srv {
         verifiers(&pki),
         ApiConfig {
             session_ttl: Duration::from_secs(3600),
-            heartbeat_interval: Duration::from_secs(15),
             admin_token: ADMIN.into(),
             exchange_rate_limit: 0,
             allow_lists: options.allow_lists,
             require_agent_keys: options.require_agent_keys,
             clock: clock.clone(),
+            ..ApiConfig::default()
         },
     )
     .await

@@ -157,7 +157,11 @@ pub fn workspace(w: &WorkspaceInfo) -> String {
                 .iter()
                 .map(|(k, v)| format!("{}={}", cell(k), cell(v)))
                 .collect();
-            Some(format!("resource {} expects {}\n", cell(&r.name), claims.join(" ")))
+            Some(format!(
+                "resource {} expects {}\n",
+                cell(&r.name),
+                claims.join(" ")
+            ))
         })
         .collect();
     format!(
@@ -275,29 +279,67 @@ mod tests {
 
     #[test]
     fn workspace_tables() {
-        let w = WorkspaceInfo {
+        let main = AgentStatus {
+            id: uuid::Uuid::nil(),
+            name: "main".into(),
+            resource_name: "dev".into(),
+            auth: instauth_types::AgentAuth::AwsInstanceIdentity,
+            instance_id: Some("i-1".into()),
+            parent: None,
+            status: instauth_types::ConnectionStatus::Connected,
+            lifecycle_state: instauth_types::LifecycleState::Ready,
+            first_connected_at: None,
+            last_connected_at: Some("2024-05-01T10:00:05Z".parse().unwrap()),
+            require_agent_key: false,
+            agent_key: None,
+        };
+        let mut w = WorkspaceInfo {
             name: "alice".into(),
             build_number: 2,
             resources: None,
-            agents: vec![AgentStatus {
-                id: uuid::Uuid::nil(),
-                name: "main".into(),
-                resource_name: "dev".into(),
-                auth: instauth_types::AgentAuth::AwsInstanceIdentity,
-                instance_id: Some("i-1".into()),
-                parent: None,
-                status: instauth_types::ConnectionStatus::Connected,
-                lifecycle_state: instauth_types::LifecycleState::Ready,
-                first_connected_at: None,
-                last_connected_at: Some("2024-05-01T10:00:05Z".parse().unwrap()),
-            }],
+            agents: vec![main.clone()],
         };
         assert_eq!(
             workspace(&w),
             "workspace alice build 2\n\
-             AGENT  RESOURCE  AUTH                   INSTANCE  PARENT  STATUS     LIFECYCLE  LAST HEARTBEAT\n\
-             main   dev       aws-instance-identity  i-1       -       connected  ready      2024-05-01T10:00:05Z\n"
+             AGENT  RESOURCE  AUTH                   INSTANCE  PARENT  STATUS     LIFECYCLE  LAST HEARTBEAT        KEY\n\
+             main   dev       aws-instance-identity  i-1       -       connected  ready      2024-05-01T10:00:05Z  not bound\n"
         );
+        let bound = AgentStatus {
+            name: "dev".into(),
+            require_agent_key: true,
+            agent_key: Some(instauth_types::AgentKeyInfo {
+                public_key: "k".into(),
+                fingerprint: "Vkdap1RjR0wChd9d".into(),
+                bound_at: "2024-05-01T10:00:00Z".parse().unwrap(),
+            }),
+            ..main.clone()
+        };
+        let with_keys = WorkspaceInfo {
+            resources: Some(vec![instauth_types::ResourceInfo {
+                name: "dev".into(),
+                resource_type: "aws_instance".into(),
+                expect: Some(
+                    [("account_id", "111"), ("region", "us-east-1")]
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .into(),
+                ),
+            }]),
+            agents: vec![bound, main],
+            ..w.clone()
+        };
+        let table = workspace(&with_keys);
+        assert!(
+            table.starts_with(
+                "workspace alice build 2\nresource dev expects account_id=111 region=us-east-1\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("  bound Vkdap1RjR0wChd9d (required)\n"),
+            "{table}"
+        );
+        w.resources = None;
         assert_eq!(
             workspaces(&[w]),
             "WORKSPACE  BUILD  AGENTS\nalice      2      main (connected)\n"

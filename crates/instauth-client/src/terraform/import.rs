@@ -356,6 +356,7 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
                 auth: auth.into(),
                 instance_id,
                 parent: None,
+                require_agent_key: false,
             });
             if let Some(id) = agent.id {
                 parents.insert(id, (agent.res.name, i));
@@ -384,6 +385,7 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
                 auth: AgentAuth::Token.into(),
                 instance_id: None,
                 parent: Some(parent.to_owned()),
+                require_agent_key: false,
             });
         }
         self.resources_of(slots)
@@ -413,6 +415,7 @@ impl<'s, 'a, 'p> Import<'s, 'a, 'p> {
                         name: name.to_owned(),
                         resource_type: kind.to_owned(),
                         agents,
+                        expect: None,
                     }
                 })
                 .collect(),
