@@ -450,11 +450,26 @@ async fn exchange_errors_keep_the_server_message_detail_and_names() {
     set(
         404,
         serde_json::json!({"message": "No agent found with instance ID \"i-1\" and name \"web\".", "agent_names": ["main", "dev"]}),
-        None,
+        Some(3),
     );
     let err = session.manifest().await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     assert_eq!(err.agent_names().unwrap(), ["dev", "main"]);
+    // 404 and 409 carry the server's Retry-After (SPEC §2), which the agent honours.
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+    set(
+        409,
+        serde_json::json!({"message": "Multiple agents found.", "agent_names": ["main", "dev"]}),
+        Some(5),
+    );
+    let err = session.manifest().await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(40), 0.2);
+    assert_eq!(
+        backoff.next_delay(err.retry_after()),
+        Duration::from_secs(5)
+    );
 
     set(
         401,

@@ -438,6 +438,7 @@ mod tests {
             remote_addr: "127.0.0.1:1".into(),
             reason: Some("\u{1b}".into()),
             count: 1,
+            uid: uuid::Uuid::new_v4(),
         };
         sanitize(&mut r);
         assert_eq!(r.instance_id.chars().count(), MAX_FIELD);

@@ -369,6 +369,7 @@ async fn exchange<R: ExchangeBody>(
         remote_addr: remote,
         reason: None,
         count: 1,
+        uid: uuid::Uuid::new_v4(),
     };
     let result: Result<Candidate, ApiError> = async {
         limited.map_err(|retry_after| ApiError::RateLimited { retry_after })?;

@@ -621,6 +621,7 @@ async fn audit_batches(backend: TestBackend) {
         remote_addr: "127.0.0.1:1".into(),
         reason: None,
         count: 1,
+        uid: uuid::Uuid::new_v4(),
     };
     // A first write, so that connecting is not counted below.
     assert!(sink.record(record(0)));

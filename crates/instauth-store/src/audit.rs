@@ -11,6 +11,7 @@ use crate::model::{AuditRecord, NewAuditRecord};
 use crate::schema::audit_log;
 use crate::text::Textual;
 use crate::{Result, Store};
+use uuid::Uuid;
 
 #[derive(Insertable)]
 #[diesel(table_name = audit_log, treat_none_as_default_value = false)]
@@ -25,9 +26,12 @@ struct AuditInsert {
     remote_addr: String,
     reason: Option<String>,
     count: i32,
+    #[diesel(serialize_as = Textual<Uuid>)]
+    uid: Uuid,
 }
 
-insert_many!(AuditInsert, audit_log::table);
+// A batch retried after a lost connection may already be stored: its uids say so.
+insert_many!(AuditInsert, audit_log::table, ignore_conflicts);
 
 impl Store {
     /// Writes audit records in as few statements as the bind limits allow.
@@ -47,6 +51,7 @@ impl Store {
                 remote_addr: r.remote_addr.clone(),
                 reason: r.reason.clone(),
                 count: r.count,
+                uid: r.uid,
             })
             .collect();
         with_conn!(self, |conn| Ok(conn.insert_many(rows).await?))
@@ -95,6 +100,7 @@ impl Store {
                     audit_log::remote_addr,
                     audit_log::reason,
                     audit_log::count,
+                    audit_log::uid,
                 ),
             ));
             Ok(match after {

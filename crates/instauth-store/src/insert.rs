@@ -29,9 +29,16 @@ pub(crate) trait InsertMany<R: Send + 'static> {
     fn insert_many(&mut self, rows: Vec<R>) -> BoxFut<'_, QueryResult<()>>;
 }
 
-/// Implements [`InsertMany`] for one row type on both backends.
+/// Implements [`InsertMany`] for one row type on both backends; with `ignore_conflicts`, rows
+/// that would violate a unique index are skipped (`ON CONFLICT DO NOTHING`).
 macro_rules! insert_many {
     ($row:ty, $table:expr) => {
+        $crate::insert::insert_many!($row, $table, |q| q);
+    };
+    ($row:ty, $table:expr, ignore_conflicts) => {
+        $crate::insert::insert_many!($row, $table, |q| q.on_conflict_do_nothing());
+    };
+    ($row:ty, $table:expr, |$q:ident| $finish:expr) => {
         impl $crate::insert::InsertMany<$row> for diesel_async::AsyncPgConnection {
             fn insert_many(
                 &mut self,
@@ -39,11 +46,8 @@ macro_rules! insert_many {
             ) -> $crate::insert::BoxFut<'_, diesel::QueryResult<()>> {
                 Box::pin(async move {
                     for chunk in $crate::insert::chunks(rows) {
-                        diesel_async::RunQueryDsl::execute(
-                            diesel::insert_into($table).values(chunk),
-                            self,
-                        )
-                        .await?;
+                        let $q = diesel::insert_into($table).values(chunk);
+                        diesel_async::RunQueryDsl::execute($finish, self).await?;
                     }
                     Ok(())
                 })
@@ -57,7 +61,8 @@ macro_rules! insert_many {
             ) -> $crate::insert::BoxFut<'_, diesel::QueryResult<()>> {
                 self.spawn_blocking(move |c| {
                     for chunk in $crate::insert::chunks(rows) {
-                        diesel::RunQueryDsl::execute(diesel::insert_into($table).values(chunk), c)?;
+                        let $q = diesel::insert_into($table).values(chunk);
+                        diesel::RunQueryDsl::execute($finish, c)?;
                     }
                     Ok(())
                 })

@@ -216,6 +216,9 @@ pub struct NewAuditRecord {
     /// How many attempts the record stands for (rate-limited attempts of one client in one
     /// minute share a record); 1 otherwise.
     pub count: i32,
+    /// Made when the attempt was answered: a retried insert never stores a record twice.
+    #[diesel(deserialize_as = Textual<Uuid>)]
+    pub uid: Uuid,
 }
 
 /// A stored audit record.

@@ -78,6 +78,7 @@ diesel::table! {
         remote_addr -> Text,
         reason -> Nullable<Text>,
         count -> Integer,
+        uid -> Text,
     }
 }
 

@@ -339,6 +339,7 @@ backend_test!(audit_batches_and_lists_newest_first, |store| async move {
             remote_addr: "127.0.0.1:5000".into(),
             reason: (i % 2 == 1).then(|| format!("reason {i}")),
             count: 1 + (i % 3) as i32,
+            uid: uuid::Uuid::new_v4(),
         })
         .collect();
     let before = store.queries_total();
@@ -369,6 +370,7 @@ backend_test!(
                 remote_addr: String::new(),
                 reason: None,
                 count: 1,
+                uid: uuid::Uuid::new_v4(),
             })
             .collect();
         store.insert_audit(&records).await.unwrap();
@@ -383,6 +385,29 @@ backend_test!(
         assert_eq!(left.last().unwrap().record.instance_id, "10");
     }
 );
+
+backend_test!(a_retried_audit_batch_is_stored_once, |store| async move {
+    let records: Vec<NewAuditRecord> = (0..3)
+        .map(|i| NewAuditRecord {
+            time: now(),
+            provider: Provider::Azure,
+            instance_id: format!("vm-{i}"),
+            agent_name: String::new(),
+            outcome: "ok".into(),
+            agent_id: None,
+            remote_addr: String::new(),
+            reason: None,
+            count: 1,
+            uid: uuid::Uuid::new_v4(),
+        })
+        .collect();
+    store.insert_audit(&records[..2]).await.unwrap();
+    // The first try committed but its answer was lost: the writer sends the batch again.
+    store.insert_audit(&records).await.unwrap();
+    let stored = store.list_audit(10).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[0].record, records[2]);
+});
 
 backend_test!(concurrent_builds_get_distinct_numbers, |store| async move {
     let mut tasks = Vec::new();
