@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
-use instauth_store::{validate_build, AgentAuth, StoreError, Workspace};
+use instauth_store::{validate_build, AgentAuth, AuditRecord, StoreError, Workspace};
 use instauth_types::{
     agent_key, AgentKeyInfo, AgentStatus, AuditEntry, BuildRequest, BuildResponse,
     ConnectionStatus, CreatedAgent, ResourceInfo, ValidationError, WorkspaceInfo,
@@ -99,7 +99,8 @@ fn utc(t: Option<NaiveDateTime>) -> Option<chrono::DateTime<Utc>> {
     t.map(|t| t.and_utc())
 }
 
-fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
+/// A stored workspace as the admin API (and the dashboard) shows it, with each agent's status.
+pub(crate) fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
     let fresh_after = Utc::now().naive_utc() - state.inner.heartbeat_interval * 3;
     WorkspaceInfo {
         name: w.name,
@@ -309,20 +310,20 @@ pub(crate) async fn audit(
         None => state.inner.store.list_audit(limit).await?,
         Some(after) => state.inner.store.list_audit_after(after, limit).await?,
     };
-    Ok(Json(
-        records
-            .into_iter()
-            .map(|r| AuditEntry {
-                id: r.id,
-                time: r.record.time.and_utc(),
-                provider: r.record.provider,
-                instance_id: r.record.instance_id,
-                agent_name: r.record.agent_name,
-                outcome: r.record.outcome,
-                agent_id: r.record.agent_id,
-                remote_addr: r.record.remote_addr,
-                reason: r.record.reason,
-            })
-            .collect(),
-    ))
+    Ok(Json(records.into_iter().map(audit_entry).collect()))
+}
+
+/// A stored audit record as the admin API (and the dashboard) shows it.
+pub(crate) fn audit_entry(r: AuditRecord) -> AuditEntry {
+    AuditEntry {
+        id: r.id,
+        time: r.record.time.and_utc(),
+        provider: r.record.provider,
+        instance_id: r.record.instance_id,
+        agent_name: r.record.agent_name,
+        outcome: r.record.outcome,
+        agent_id: r.record.agent_id,
+        remote_addr: r.record.remote_addr,
+        reason: r.record.reason,
+    }
 }

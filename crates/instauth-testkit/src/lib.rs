@@ -21,6 +21,7 @@ pub mod aia_server;
 pub mod azure;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod browser;
 pub mod cpu;
 pub mod der_build;
 pub mod jwks_server;

@@ -1,0 +1,321 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`,
+//! installed by `cargo xtask test`) drives the real `instauth server` binary over loopback.
+//!
+//! It signs in with the admin token, watches the two agents of the quickstart workspace turn
+//! `connected` after their heartbeats without the page reloading, sees a rejected exchange (and a
+//! hostile agent name, as inert text) appear in the audit, and checks that the page never sent a
+//! request to another host. Screenshots go to `target/tmp/dashboard-*.png`; with
+//! `INSTAUTH_UPDATE_DOCS_SCREENSHOT=1` the wide one is also written to
+//! `docs/images/dashboard.png`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{instauth, Server};
+use instauth_testkit::browser::Browser;
+use serde_json::{json, Value};
+
+/// Markup as an agent name (within the 64 characters an exchange accepts).
+const HOSTILE_NAME: &str = "<img src=x onerror=\"pwned=1\"><script>pwned=2</script>";
+
+/// Script returning "name=status,..." of the agent rows, sorted.
+const CONNECTED_IS: &str = "return Array.from(document.querySelectorAll('table.agents tbody tr'))\
+    .map(r => r.querySelector('[data-field=name]').textContent + '=' \
+    + r.querySelector('[data-field=status]').textContent).sort().join(',')";
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/examples")
+        .join(name)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The quickstart's real AWS proof (instance `i-076e9b91f7c420782`), asking for `name`.
+fn proof(name: Option<&str>) -> Value {
+    let mut p = read_json(&example("aws-exchange.json"));
+    match name {
+        Some(n) => p["agent_name"] = json!(n),
+        None => {
+            p.as_object_mut().unwrap().remove("agent_name");
+        }
+    }
+    p
+}
+
+struct Api {
+    url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Api {
+    fn exchange(&self, name: Option<&str>) -> (u16, Value) {
+        let res = self
+            .http
+            .post(format!(
+                "{}/api/v2/workspaceagents/aws-instance-identity",
+                self.url
+            ))
+            .json(&proof(name))
+            .send()
+            .unwrap();
+        (res.status().as_u16(), res.json().unwrap_or_default())
+    }
+
+    fn heartbeat(&self, token: &str) {
+        let res = self
+            .http
+            .post(format!("{}/api/v2/workspaceagents/me/heartbeat", self.url))
+            .header("Coder-Session-Token", token)
+            .json(&json!({"lifecycle_state": "ready"}))
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 204);
+    }
+}
+
+fn screenshot_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dashboard-{name}.png"))
+}
+
+/// Fails the test on any request that left the server's origin from a frame that showed the
+/// dashboard: its navigations, scripts, styles, images, fetches (chromedriver's performance
+/// log), and the page's own Performance API entries as a second witness.
+fn assert_only_own_origin(browser: &Browser, origin: &str) {
+    let sent = browser.sent_requests().unwrap();
+    let ours = |url: &str| url.starts_with(&format!("{origin}/"));
+    // A request comes from the dashboard when it was sent for one of its documents, or when it
+    // navigates a frame away from one. The browser's own start page shares the first frame.
+    let mut showing: std::collections::HashMap<&str, &str> = Default::default();
+    let mut own = 0;
+    let mut foreign = Vec::new();
+    for r in &sent {
+        let navigation = r.resource_type == "Document";
+        let from_dashboard = ours(&r.document_url)
+            || (navigation && showing.get(r.frame_id.as_str()).is_some_and(|d| ours(d)));
+        if from_dashboard {
+            own += 1;
+            if !ours(&r.url) {
+                foreign.push(r.url.as_str());
+            }
+        }
+        if navigation {
+            showing.insert(&r.frame_id, &r.url);
+        }
+    }
+    assert!(
+        own > 0,
+        "the performance log saw none of the page's requests: {sent:?}"
+    );
+    assert!(
+        foreign.is_empty(),
+        "the page sent requests to other hosts: {foreign:?}"
+    );
+    let resources = browser
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name)\
+             .concat(performance.getEntriesByType('navigation').map(e => e.name));",
+            json!([]),
+        )
+        .unwrap();
+    for r in resources.as_array().unwrap() {
+        let r = r.as_str().unwrap();
+        assert!(ours(r), "the page loaded a resource from another host: {r}");
+    }
+}
+
+#[test]
+fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewhere() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_logged({
+        let mut c = instauth(home.path());
+        c.args(["server", "--listen", "127.0.0.1:0"]);
+        c
+    });
+    let admin = std::fs::read_to_string(home.path().join(".local/share/instauth/admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let api = Api {
+        url: server.url.clone(),
+        http: reqwest::blocking::Client::new(),
+    };
+    let res = api
+        .http
+        .post(format!("{}/api/v2/workspaces/dev/builds", server.url))
+        .bearer_auth(&admin)
+        .json(&read_json(&example("build.json")))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    let browser =
+        Browser::start().unwrap_or_else(|e| panic!("the browser test needs Chromium: {e}"));
+    browser.set_window_size(1280, 860).unwrap();
+    browser.goto(&format!("{}/ui", server.url)).unwrap();
+
+    // Signed out: the form, not a JSON 401.
+    let input = browser.find("input#token[type=password]").unwrap();
+    let label = browser
+        .execute(
+            "return document.querySelector('label[for=token]').textContent;",
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(label, "Admin token");
+    browser.send_keys(&input, "not-the-token").unwrap();
+    browser
+        .click(&browser.find("form.login-form button[type=submit]").unwrap())
+        .unwrap();
+    browser
+        .wait_for(
+            "the wrong token to be refused",
+            Duration::from_secs(10),
+            "const e = document.getElementById('login-error'); return e && e.textContent;",
+        )
+        .unwrap();
+    let input = browser.find("input#token").unwrap();
+    browser.send_keys(&input, &admin).unwrap();
+    browser
+        .click(&browser.find("form.login-form button[type=submit]").unwrap())
+        .unwrap();
+    browser
+        .wait_for(
+            "the dashboard after signing in",
+            Duration::from_secs(10),
+            "return document.querySelector('main[data-dashboard]') !== null;",
+        )
+        .unwrap();
+    // The session cookie is HttpOnly: the page's script cannot read it.
+    let cookies = browser
+        .execute("return document.cookie;", json!([]))
+        .unwrap();
+    assert_eq!(cookies, "", "cookies visible to script: {cookies}");
+
+    assert_eq!(
+        browser
+            .execute(&format!("{CONNECTED_IS};"), json!([]))
+            .unwrap(),
+        "dev=connecting,main=connecting"
+    );
+    // A reload would lose this mark and add a navigation.
+    browser
+        .execute("window.instauthMark = 'kept'; return true;", json!([]))
+        .unwrap();
+
+    // A rejected exchange: two agents share the instance and no name is given.
+    let (status, body) = api.exchange(None);
+    assert_eq!(status, 409, "{body}");
+    for name in ["main", "dev"] {
+        let (status, body) = api.exchange(Some(name));
+        assert_eq!(status, 200, "{body}");
+        api.heartbeat(body["session_token"].as_str().unwrap());
+    }
+
+    browser
+        .wait_for(
+            "both agents to turn connected without a reload",
+            Duration::from_secs(20),
+            &format!("{CONNECTED_IS} === 'dev=connected,main=connected';"),
+        )
+        .unwrap();
+    browser
+        .wait_for(
+            "the 409 to appear in the audit",
+            Duration::from_secs(20),
+            "return Array.from(document.querySelectorAll('#audit-rows tr')).some(r => \
+               r.querySelector('[data-field=outcome]').textContent === 'conflict' && \
+               r.querySelector('[data-field=reason]').textContent === 'several candidates: dev, main');",
+        )
+        .unwrap();
+    // The wide screenshot (and the one in docs/), before anything hostile is in the audit.
+    browser
+        .save_full_page_screenshot(&screenshot_path("wide"))
+        .unwrap();
+    if std::env::var_os("INSTAUTH_UPDATE_DOCS_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/images/dashboard.png");
+        browser.save_full_page_screenshot(&docs).unwrap();
+    }
+
+    // A hostile name, refused (no such agent) and recorded as it was sent, appears as text.
+    let (status, _) = api.exchange(Some(HOSTILE_NAME));
+    assert_eq!(status, 404);
+    let hostile = browser
+        .wait_for(
+            "the hostile name to appear in the audit",
+            Duration::from_secs(20),
+            "const r = Array.from(document.querySelectorAll('#audit-rows tr'))\
+               .find(r => r.querySelector('[data-field=outcome]').textContent === 'not_found');\
+             return r ? r.querySelector('[data-field=agent_name]').textContent : null;",
+        )
+        .unwrap();
+    assert_eq!(hostile, HOSTILE_NAME, "shown as text, exactly as sent");
+    let state = browser
+        .execute(
+            "return {mark: window.instauthMark || null, pwned: window.pwned || null, \
+              navigations: performance.getEntriesByType('navigation').length, \
+              injected: document.querySelectorAll('#audit-rows img, #audit-rows script').length, \
+              summary: document.querySelector('.workspace [data-field=summary]').textContent};",
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(
+        state,
+        json!({"mark": "kept", "pwned": null, "navigations": 1, "injected": 0,
+               "summary": "2 of 2 agents connected"}),
+        "the page reloaded, or ran injected markup"
+    );
+    let console = browser.console().unwrap();
+    assert!(
+        !console
+            .iter()
+            .any(|m| m.contains("Content Security Policy")),
+        "the page broke its own CSP: {console:?}"
+    );
+
+    assert_only_own_origin(&browser, &server.url);
+
+    // A phone: the page itself never scrolls sideways (tables scroll inside their box).
+    browser.set_window_size(390, 844).unwrap();
+    let overflow = browser
+        .wait_for(
+            "the narrow layout",
+            Duration::from_secs(5),
+            "return window.innerWidth <= 400 ? \
+               document.documentElement.scrollWidth - document.documentElement.clientWidth : null;",
+        )
+        .unwrap();
+    if overflow != 0 {
+        let wide = browser
+            .execute(
+                "return Array.from(document.querySelectorAll('body *'))\
+                   .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)\
+                   .filter(e => !e.closest('.table-scroll'))\
+                   .map(e => e.tagName + '.' + e.className).slice(0, 20);",
+                json!([]),
+            )
+            .unwrap();
+        panic!("the page is {overflow} px wider than a phone's screen; too wide: {wide}");
+    }
+    browser.save_screenshot(&screenshot_path("phone")).unwrap();
+
+    // Signing out ends the session: the refresh stops and the page asks to sign in again.
+    browser
+        .click(&browser.find("form.logout button").unwrap())
+        .unwrap();
+    browser
+        .wait_for(
+            "the sign-in form after signing out",
+            Duration::from_secs(10),
+            "return document.querySelector('input#token') !== null;",
+        )
+        .unwrap();
+    assert_only_own_origin(&browser, &server.url);
+    drop(browser);
+    drop(server);
+}
