@@ -26,6 +26,51 @@ const CONNECTED_IS: &str = "return Array.from(document.querySelectorAll('table.a
     .map(r => r.querySelector('[data-field=name]').textContent + '=' \
     + r.querySelector('[data-field=status]').textContent).sort().join(',')";
 
+/// Script listing accessibility problems of the page: headings that skip a level, form fields
+/// without a label, table headers without a scope, missing landmarks, and text whose contrast
+/// with its background is under WCAG AA's 4.5:1.
+const ACCESSIBILITY_PROBLEMS: &str = r#"
+const problems = [];
+let level = 0;
+for (const h of document.querySelectorAll('h1, h2, h3, h4, h5, h6')) {
+  if (h.closest('template')) continue;
+  const l = Number(h.tagName[1]);
+  if (l > level + 1) problems.push('heading ' + h.tagName + ' after h' + level + ': ' + h.textContent);
+  level = l;
+}
+for (const i of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+  if (!i.labels || i.labels.length === 0) problems.push('unlabelled field ' + i.name);
+}
+for (const th of document.querySelectorAll('th')) {
+  if (!th.getAttribute('scope')) problems.push('th without scope: ' + th.textContent);
+}
+if (!document.querySelector('main')) problems.push('no main landmark');
+if (!document.querySelector('body > header')) problems.push('no banner');
+if (!document.documentElement.lang) problems.push('no page language');
+function rgb(c) { return c.match(/[\d.]+/g).map(Number); }
+function lum(c) {
+  const [r, g, b] = c.slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}
+function background(el) {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.length < 4 || c[3] > 0) return c;
+  }
+  return [255, 255, 255];
+}
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+  const el = n.parentElement;
+  if (!n.textContent.trim() || !el.getClientRects().length || el.closest('.visually-hidden')) continue;
+  const fg = lum(rgb(getComputedStyle(el).color));
+  const bg = lum(background(el));
+  const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+  if (ratio < 4.5) problems.push('contrast ' + ratio.toFixed(2) + ' of "' + n.textContent.trim().slice(0, 40) + '"');
+}
+return problems;
+"#;
+
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../docs/examples")
@@ -168,6 +213,11 @@ fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewher
         )
         .unwrap();
     assert_eq!(label, "Admin token");
+    assert_eq!(
+        browser.execute(ACCESSIBILITY_PROBLEMS, json!([])).unwrap(),
+        json!([]),
+        "the sign-in page"
+    );
     browser.send_keys(&input, "not-the-token").unwrap();
     browser
         .click(&browser.find("form.login-form button[type=submit]").unwrap())
@@ -233,6 +283,41 @@ fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewher
                r.querySelector('[data-field=reason]').textContent === 'several candidates: dev, main');",
         )
         .unwrap();
+    assert_eq!(
+        browser.execute(ACCESSIBILITY_PROBLEMS, json!([])).unwrap(),
+        json!([]),
+        "the dashboard"
+    );
+    // The same in the dark scheme.
+    browser
+        .cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+        )
+        .unwrap();
+    assert_eq!(
+        browser.execute(ACCESSIBILITY_PROBLEMS, json!([])).unwrap(),
+        json!([]),
+        "the dashboard in the dark scheme"
+    );
+    browser
+        .cdp("Emulation.setEmulatedMedia", json!({"features": []}))
+        .unwrap();
+    // The check itself sees a problem when there is one.
+    let seen = browser
+        .execute(
+            &("const p = document.createElement('p'); p.textContent = 'faint'; \
+             p.className = 'probe'; document.querySelector('main').append(p); \
+             p.style.color = '#cccccc'; const h = document.createElement('h4'); \
+             h.textContent = 'skipped'; h.className = 'probe'; p.after(h); \
+             const r = (function () {"
+                .to_owned()
+                + ACCESSIBILITY_PROBLEMS
+                + "})(); document.querySelectorAll('.probe').forEach(e => e.remove()); return r;"),
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(seen.as_array().map(Vec::len), Some(2), "{seen}");
     // The wide screenshot (and the one in docs/), before anything hostile is in the audit.
     browser
         .save_full_page_screenshot(&screenshot_path("wide"))
