@@ -327,6 +327,33 @@ fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewher
         browser.save_full_page_screenshot(&docs).unwrap();
     }
 
+    // A workspace applied while the page is open appears in it, in name order.
+    let res = api
+        .http
+        .post(format!("{}/api/v2/workspaces/ci/builds", server.url))
+        .bearer_auth(&admin)
+        .json(&json!({"resources": [{"name": "runner", "type": "docker_container",
+            "agents": [{"name": "job", "auth": "token"}]}]}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let sections = browser
+        .wait_for(
+            "workspace ci to appear",
+            Duration::from_secs(20),
+            "const s = Array.from(document.querySelectorAll('#workspaces > section'));\
+             const ci = document.querySelector('section[data-workspace=ci]');\
+             return ci && ci.querySelector('[data-field=status]').textContent === 'connecting' \
+               && ci.querySelector('h3').id !== '' \
+               && ci.getAttribute('aria-labelledby') === ci.querySelector('h3').id \
+               ? s.map(e => e.dataset.workspace + ':' + e.querySelector('[data-field=summary]').textContent) : null;",
+        )
+        .unwrap();
+    assert_eq!(
+        sections,
+        json!(["ci:0 of 1 agent connected", "dev:2 of 2 agents connected"])
+    );
+
     // A hostile name, refused (no such agent) and recorded as it was sent, appears as text.
     let (status, _) = api.exchange(Some(HOSTILE_NAME));
     assert_eq!(status, 404);
@@ -345,7 +372,7 @@ fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewher
             "return {mark: window.instauthMark || null, pwned: window.pwned || null, \
               navigations: performance.getEntriesByType('navigation').length, \
               injected: document.querySelectorAll('#audit-rows img, #audit-rows script').length, \
-              summary: document.querySelector('.workspace [data-field=summary]').textContent};",
+              summary: document.querySelector('section[data-workspace=dev] [data-field=summary]').textContent};",
             json!([]),
         )
         .unwrap();
