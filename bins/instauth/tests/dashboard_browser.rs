@@ -332,8 +332,10 @@ fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewher
         .http
         .post(format!("{}/api/v2/workspaces/ci/builds", server.url))
         .bearer_auth(&admin)
-        .json(&json!({"resources": [{"name": "runner", "type": "docker_container",
-            "agents": [{"name": "job", "auth": "token"}]}]}))
+        .json(
+            &json!({"resources": [{"name": "runner", "type": "docker_container",
+            "agents": [{"name": "job", "auth": "token"}]}]}),
+        )
         .send()
         .unwrap();
     assert_eq!(res.status(), 201);
