@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use common::{instauth, Server};
 use instauth_testkit::browser::Browser;
+use instauth_testkit::TestAgentKey;
+use instauth_types::{AwsInstanceIdentityRequest, ExchangeRequest};
 use serde_json::{json, Value};
 
 /// Markup as an agent name (within the 64 characters an exchange accepts).
@@ -100,13 +102,22 @@ struct Api {
 
 impl Api {
     fn exchange(&self, name: Option<&str>) -> (u16, Value) {
+        self.exchange_keyed(name, None)
+    }
+
+    /// An exchange signed with the agent key `key` when given (SPEC §2.1).
+    fn exchange_keyed(&self, name: Option<&str>, key: Option<&TestAgentKey>) -> (u16, Value) {
+        let body: AwsInstanceIdentityRequest = serde_json::from_value(proof(name)).unwrap();
+        let agent_key = key
+            .map(|k| k.sign(&body, chrono::Utc::now().timestamp()))
+            .unwrap_or_default();
         let res = self
             .http
             .post(format!(
                 "{}/api/v2/workspaceagents/aws-instance-identity",
                 self.url
             ))
-            .json(&proof(name))
+            .json(&ExchangeRequest { body, agent_key })
             .send()
             .unwrap();
         (res.status().as_u16(), res.json().unwrap_or_default())
@@ -261,8 +272,10 @@ fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewher
     // A rejected exchange: two agents share the instance and no name is given.
     let (status, body) = api.exchange(None);
     assert_eq!(status, 409, "{body}");
-    for name in ["main", "dev"] {
-        let (status, body) = api.exchange(Some(name));
+    // `main` holds an agent key, `dev` none: its first signed exchange binds the key.
+    let main_key = TestAgentKey::from_seed(7);
+    for (name, key) in [("main", Some(&main_key)), ("dev", None)] {
+        let (status, body) = api.exchange_keyed(Some(name), key);
         assert_eq!(status, 200, "{body}");
         api.heartbeat(body["session_token"].as_str().unwrap());
     }
@@ -326,6 +339,38 @@ fn dashboard_in_chromium_signs_in_refreshes_live_and_loads_nothing_from_elsewher
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/images/dashboard.png");
         browser.save_full_page_screenshot(&docs).unwrap();
     }
+
+    // Resetting main's key from the page: the binding goes, without a reload.
+    let key_cells =
+        "return Array.from(document.querySelectorAll('section[data-workspace=dev] tbody tr'))\
+        .map(r => r.querySelector('[data-field=name]').textContent + '=' \
+          + r.querySelector('[data-field=key]').textContent \
+          + (r.querySelector('form.reset-key').hidden ? '' : ' [reset]')).sort().join(',');";
+    assert_eq!(
+        browser.execute(key_cells, json!([])).unwrap(),
+        format!(
+            "dev=not bound,main=bound {} [reset]",
+            main_key.fingerprint()
+        )
+    );
+    browser
+        .click(
+            &browser
+                .find("section[data-workspace=dev] tr:has([data-field=name]) form.reset-key:not([hidden]) button")
+                .unwrap(),
+        )
+        .unwrap();
+    browser
+        .wait_for(
+            "the reset to show",
+            Duration::from_secs(20),
+            &format!(
+                "const k = (function () {{ {key_cells} }})(); \
+                 const n = document.getElementById('notice').textContent; \
+                 return k === 'dev=not bound,main=not bound' && n.startsWith('The key of agent main was reset') ? n : null;"
+            ),
+        )
+        .unwrap();
 
     // A workspace applied while the page is open appears in it, in name order.
     let res = api

@@ -227,13 +227,18 @@ pub(crate) async fn reset_agent_key(
         tracing::info!(workspace = %workspace, agent.name = %agent, "Agent key binding reset.");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        let short = |s: &str| s.chars().take(64).collect::<String>();
-        Err(ApiError::NotFound(format!(
-            "Agent \"{}\" not found in workspace \"{}\".",
-            short(&agent),
-            short(&workspace)
-        )))
+        Err(agent_not_found(&workspace, &agent))
     }
+}
+
+/// 404 for an agent name that the latest build of a live workspace does not have.
+pub(crate) fn agent_not_found(workspace: &str, agent: &str) -> ApiError {
+    let short = |s: &str| s.chars().take(64).collect::<String>();
+    ApiError::NotFound(format!(
+        "Agent \"{}\" not found in workspace \"{}\".",
+        short(agent),
+        short(workspace)
+    ))
 }
 
 /// `DELETE /api/v2/workspaceagents/{agent_id}/sessions` → 204: ends every session of an agent;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use instauth_api::{ApiConfig, AppState, Verifiers};
 use instauth_store::testing::{TestBackend, TestDb};
-use instauth_testkit::TestPki;
+use instauth_testkit::{TestAgentKey, TestPki};
+use instauth_types::ExchangeRequest;
 use reqwest::header::{self, HeaderMap};
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
@@ -277,15 +278,32 @@ impl Srv {
     }
 
     async fn aws(&self, iid: &str, name: Option<&str>) -> (u16, Value) {
+        self.aws_keyed(iid, name, None).await
+    }
+
+    /// An AWS exchange, signed with `key` when given.
+    async fn aws_keyed(
+        &self,
+        iid: &str,
+        name: Option<&str>,
+        key: Option<&TestAgentKey>,
+    ) -> (u16, Value) {
         let mut proof = self.pki.aws_proof(iid, REGION);
         proof.agent_name = name.map(Into::into);
+        let agent_key = key
+            .map(|k| k.sign(&proof, chrono::Utc::now().timestamp()))
+            .unwrap_or_default();
+        let body = ExchangeRequest {
+            body: proof,
+            agent_key,
+        };
         let res = self
             .http
             .post(format!(
                 "{}/api/v2/workspaceagents/aws-instance-identity",
                 self.url
             ))
-            .json(&proof)
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -771,3 +789,148 @@ ui_test!(assets_are_served_with_their_types, |srv| async move {
         assert!(!page.body.contains("http://") && !page.body.contains("https://"));
     }
 });
+
+ui_test!(
+    reset_key_forgets_the_binding_only_with_the_csrf_token,
+    |srv| async move {
+        let iid = "i-0dashboardkey0001";
+        srv.admin_build(
+            "dev",
+            json!({"resources": [{"name": "vm", "type": "aws_instance", "agents": [
+                {"name": "main", "auth": "aws-instance-identity", "instance_id": iid},
+                {"name": "dev", "auth": "aws-instance-identity", "instance_id": iid,
+                 "require_agent_key": true},
+            ]}]}),
+        )
+        .await;
+        let first = TestAgentKey::from_seed(1);
+        let (status, body) = srv.aws_keyed(iid, Some("main"), Some(&first)).await;
+        assert_eq!(status, 200, "{body}");
+        let session_token = body["session_token"].as_str().unwrap().to_owned();
+        let (jar, csrf) = srv.sign_in().await;
+        let key_of = |data: &Value, name: &str| {
+            data["workspaces"][0]["agents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == name)
+                .map(|a| {
+                    (
+                        a["key"].clone(),
+                        a["key_bound"].clone(),
+                        a["reset_path"].clone(),
+                    )
+                })
+                .unwrap()
+        };
+        let data = srv.get("/ui/data.json", &jar).await.json();
+        assert_eq!(
+            key_of(&data, "main"),
+            (
+                json!(format!("bound {}", first.fingerprint())),
+                json!(true),
+                json!("/ui/workspaces/dev/agents/main/reset-key")
+            )
+        );
+        assert_eq!(key_of(&data, "dev").0, "not bound (required)");
+        let page = srv.get("/ui", &jar).await.body;
+        assert!(
+        page.contains("<form method=\"post\" action=\"/ui/workspaces/dev/agents/main/reset-key\" class=\"reset-key\">"),
+        "{page}"
+    );
+        assert!(page.contains(
+            "action=\"/ui/workspaces/dev/agents/dev/reset-key\" class=\"reset-key\" hidden>"
+        ));
+
+        let path = "/ui/workspaces/dev/agents/main/reset-key";
+        let json_accept = ("accept", "application/json".to_owned());
+        // Refused: no session, no token, a wrong token, another site.
+        let page = srv
+            .post_form(
+                path,
+                &Jar::default(),
+                &[("csrf", &csrf)],
+                &same_origin(&srv),
+            )
+            .await;
+        assert_eq!(page.status, 401);
+        assert_eq!(
+            page.json()["message"],
+            "Sign in to the dashboard first: open /ui."
+        );
+        let page = srv.post_form(path, &jar, &[], &same_origin(&srv)).await;
+        assert_eq!(page.status, 403);
+        assert_eq!(page.json()["detail"], "the CSRF token is missing");
+        let page = srv
+            .post_form(path, &jar, &[("csrf", &"A".repeat(43))], &same_origin(&srv))
+            .await;
+        assert_eq!(page.status, 403);
+        let page = srv
+            .post_form(
+                path,
+                &jar,
+                &[("csrf", &csrf)],
+                &[
+                    ("origin", "https://evil.example".to_owned()),
+                    ("sec-fetch-site", "cross-site".to_owned()),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, 403);
+        let data = srv.get("/ui/data.json", &jar).await.json();
+        assert_eq!(
+            key_of(&data, "main").1,
+            json!(true),
+            "still bound after the refusals"
+        );
+
+        // The page's script: 204, the binding gone, the agent's sessions ended.
+        let mut headers = same_origin(&srv);
+        headers.push(json_accept.clone());
+        let page = srv
+            .post_form(path, &jar, &[("csrf", &csrf)], &headers)
+            .await;
+        assert_eq!(page.status, 204, "{}", page.body);
+        let data = srv.get("/ui/data.json", &jar).await.json();
+        assert_eq!(key_of(&data, "main").0, "not bound");
+        assert_eq!(key_of(&data, "main").1, json!(false));
+        let res = srv
+            .http
+            .get(format!("{}/api/v2/workspaceagents/me/manifest", srv.url))
+            .header("Coder-Session-Token", &session_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "the reset ended the agent's sessions");
+
+        // The rebuilt VM's new key binds on its next signed exchange.
+        let second = TestAgentKey::from_seed(2);
+        let (status, _) = srv.aws_keyed(iid, Some("main"), Some(&second)).await;
+        assert_eq!(status, 200);
+        let data = srv.get("/ui/data.json", &jar).await.json();
+        assert_eq!(
+            key_of(&data, "main").0,
+            json!(format!("bound {}", second.fingerprint()))
+        );
+        // A plain form post (no script) goes back to the page.
+        let page = srv
+            .post_form(path, &jar, &[("csrf", &csrf)], &same_origin(&srv))
+            .await;
+        assert_eq!(page.status, 303);
+        assert_eq!(page.header("location"), "/ui");
+        // No such agent.
+        let page = srv
+            .post_form(
+                "/ui/workspaces/dev/agents/nope/reset-key",
+                &jar,
+                &[("csrf", &csrf)],
+                &headers,
+            )
+            .await;
+        assert_eq!(page.status, 404);
+        assert_eq!(
+            page.json()["message"],
+            "Agent \"nope\" not found in workspace \"dev\"."
+        );
+    }
+);

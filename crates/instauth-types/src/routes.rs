@@ -71,6 +71,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("POST", UI_LOGIN),
     ("POST", UI_LOGOUT),
     ("GET", UI_DATA),
+    ("POST", UI_RESET_KEY),
     ("GET", UI_SCRIPT),
     ("GET", UI_STYLE),
 ];

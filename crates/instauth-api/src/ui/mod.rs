@@ -33,7 +33,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::extract::{ClientAddr, FormBody};
+use crate::extract::{ClientAddr, FormBody, PathParam};
 use crate::{token_hash, AppState};
 
 pub use auth::{
@@ -81,6 +81,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(routes::UI_LOGIN, post(login))
         .route(routes::UI_LOGOUT, post(logout))
         .route(routes::UI_DATA, get(data))
+        .route(routes::UI_RESET_KEY, post(reset_key))
         .route(routes::UI_SCRIPT, get(script))
         .route(routes::UI_STYLE, get(style))
         .layer(DefaultBodyLimit::max(UI_BODY_LIMIT))
@@ -344,6 +345,48 @@ async fn data(
         ));
     }
     Ok(Json(dashboard_view(&state).await?))
+}
+
+/// `POST /ui/workspaces/{workspace}/agents/{agent}/reset-key`: forgets the agent's bound key
+/// (as `DELETE /api/v2/workspaces/{workspace}/agents/{agent}/key` does) and ends its sessions.
+/// The page's script asks for JSON and gets 204; a plain form post is sent back to `/ui`.
+async fn reset_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientAddr,
+    PathParam((workspace, agent)): PathParam<(String, String)>,
+    FormBody(form): FormBody<CsrfForm>,
+) -> Result<Response, ApiError> {
+    let Some(s) = session(&state, &headers) else {
+        return Err(ApiError::Unauthorized(
+            "Sign in to the dashboard first: open /ui.",
+        ));
+    };
+    auth::check_same_origin(&headers)?;
+    auth::check_csrf(form.csrf.as_deref(), &s.csrf)?;
+    if !state
+        .inner
+        .store
+        .reset_agent_key(&workspace, &agent)
+        .await?
+    {
+        return Err(crate::admin::agent_not_found(&workspace, &agent));
+    }
+    tracing::info!(
+        workspace = %workspace,
+        agent.name = %agent,
+        remote_addr = %client.text,
+        "Agent key binding reset from the dashboard."
+    );
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    Ok(if wants_json {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        see_other(routes::UI, &[])
+    })
 }
 
 async fn script() -> Response {

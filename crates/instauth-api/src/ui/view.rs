@@ -68,7 +68,8 @@ pub(crate) struct AgentView {
     pub last_heartbeat: String,
     /// Latest heartbeat, RFC 3339 (empty when never).
     pub last_heartbeat_iso: String,
-    /// The key column's text: bound key's fingerprint, or why there is none.
+    /// The key column: `bound <fingerprint>`, `not bound` or a dash, `(required)` when the
+    /// build requires a key.
     pub key: String,
     /// A key is bound (the reset button is offered).
     pub key_bound: bool,
@@ -158,6 +159,7 @@ impl WorkspaceView {
 
 impl AgentView {
     fn new(workspace: &str, a: AgentStatus, resource_type: String) -> Self {
+        let key = key_text(&a);
         AgentView {
             id: a.id.to_string(),
             parent: a
@@ -180,9 +182,25 @@ impl AgentView {
                 .last_connected_at
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default(),
-            key: "not bound".to_owned(),
-            key_bound: false,
+            key,
+            key_bound: a.agent_key.is_some(),
         }
+    }
+}
+
+/// The key column, in the words of `instauth workspaces show`: `bound <fingerprint>`, `not bound`
+/// (root instance identity agents, the only ones that can bind a key) or a dash, and
+/// `(required)` when the build requires a key.
+fn key_text(a: &AgentStatus) -> String {
+    let bound = match &a.agent_key {
+        Some(k) => format!("bound {}", shown(&k.fingerprint)),
+        None if a.auth.is_instance_identity() && a.parent.is_none() => "not bound".to_owned(),
+        None => NONE.to_owned(),
+    };
+    if a.require_agent_key {
+        format!("{bound} (required)")
+    } else {
+        bound
     }
 }
 
