@@ -50,10 +50,12 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-/// Where the executables are expected, unless `CHROME_BINARY` / `CHROMEDRIVER` say otherwise.
+/// An executable named by `env` (`CHROME_BINARY`, `CHROMEDRIVER`), else found on `PATH` or in
+/// `/usr/bin`; `None` when it does not exist.
 fn executable(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]) {
