@@ -122,7 +122,7 @@ impl Sessions {
         }
     }
 
-    /// Live sessions (for tests and metrics).
+    /// Sessions held, live or not yet swept.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.by_hash.lock().map(|m| m.len()).unwrap_or(0)

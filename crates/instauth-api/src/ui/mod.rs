@@ -13,8 +13,9 @@
 //!   styles, no inline script, no framing), `Referrer-Policy: no-referrer` and `nosniff`; no asset
 //!   comes from anywhere else.
 //!
-//! Architecture invariant: the dashboard reads through the same store calls and wire types as
-//! the admin API ([`crate::admin`]); it adds no query of its own.
+//! Architecture invariant: the dashboard reads and writes (its one write: the key reset) through
+//! the same store calls and wire types as the admin API ([`crate::admin`]); it adds no query of
+//! its own.
 
 mod auth;
 mod view;
