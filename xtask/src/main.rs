@@ -1,6 +1,8 @@
 //! Project automation (`cargo xtask <task>`):
-//! - `test`: make sure PostgreSQL answers (starting the local cluster if needed), then run every
-//!   test of the workspace (cargo-nextest when installed, else cargo test).
+//! - `test`: make sure PostgreSQL answers (starting the local cluster if needed) and that Chromium
+//!   and chromedriver are installed for the dashboard's browser test (installing Debian's
+//!   packages if needed), then run every test of the workspace (cargo-nextest when installed,
+//!   else cargo test).
 //! - `ci`: what CI runs (`.ci/run` calls it): `cargo fmt --check`, the unused-dependency check
 //!   (cargo-machete, installed when missing, and the workspace's own dependency table), `cargo
 //!   clippy -D warnings`, then `test`.
@@ -77,8 +79,41 @@ fn has_nextest() -> bool {
         .unwrap_or(false)
 }
 
+/// True if `program` runs and reports a version.
+fn answers(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// The dashboard's browser test drives Debian's Chromium through chromedriver: install both when
+/// missing. If that fails the other tests still run and the browser test fails, saying what is
+/// missing; it never skips.
+fn ensure_chromium() {
+    if answers("chromium") && answers("chromedriver") {
+        return;
+    }
+    eprintln!(
+        "Chromium or chromedriver is missing: installing Debian's chromium and chromium-driver"
+    );
+    let installed = run(Command::new("apt-get").arg("update")).and_then(|()| {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    });
+    if let Err(e) = installed {
+        eprintln!(
+            "error: installing chromium and chromium-driver failed ({e:#}); the dashboard's \
+             browser test will fail. Install them as root: apt-get install -y chromium chromium-driver"
+        );
+    }
+}
+
 fn test() -> anyhow::Result<()> {
     ensure_postgres()?;
+    ensure_chromium();
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
         run(cargo().args(["test", "--workspace", "--doc"]))

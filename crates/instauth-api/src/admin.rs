@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
-use instauth_store::{validate_build, AgentAuth, StoreError, Workspace};
+use instauth_store::{validate_build, AgentAuth, AuditRecord, StoreError, Workspace};
 use instauth_types::{
     agent_key, AgentKeyInfo, AgentStatus, AuditEntry, BuildRequest, BuildResponse,
     ConnectionStatus, CreatedAgent, ResourceInfo, ValidationError, WorkspaceInfo,
@@ -99,7 +99,8 @@ fn utc(t: Option<NaiveDateTime>) -> Option<chrono::DateTime<Utc>> {
     t.map(|t| t.and_utc())
 }
 
-fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
+/// A stored workspace as the admin API (and the dashboard) shows it, with each agent's status.
+pub(crate) fn info(state: &AppState, w: Workspace, with_resources: bool) -> WorkspaceInfo {
     let fresh_after = Utc::now().naive_utc() - state.inner.heartbeat_interval * 3;
     WorkspaceInfo {
         name: w.name,
@@ -226,13 +227,18 @@ pub(crate) async fn reset_agent_key(
         tracing::info!(workspace = %workspace, agent.name = %agent, "Agent key binding reset.");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        let short = |s: &str| s.chars().take(64).collect::<String>();
-        Err(ApiError::NotFound(format!(
-            "Agent \"{}\" not found in workspace \"{}\".",
-            short(&agent),
-            short(&workspace)
-        )))
+        Err(agent_not_found(&workspace, &agent))
     }
+}
+
+/// 404 for an agent name that the latest build of a live workspace does not have.
+pub(crate) fn agent_not_found(workspace: &str, agent: &str) -> ApiError {
+    let short = |s: &str| s.chars().take(64).collect::<String>();
+    ApiError::NotFound(format!(
+        "Agent \"{}\" not found in workspace \"{}\".",
+        short(agent),
+        short(workspace)
+    ))
 }
 
 /// `DELETE /api/v2/workspaceagents/{agent_id}/sessions` → 204: ends every session of an agent;
@@ -309,20 +315,20 @@ pub(crate) async fn audit(
         None => state.inner.store.list_audit(limit).await?,
         Some(after) => state.inner.store.list_audit_after(after, limit).await?,
     };
-    Ok(Json(
-        records
-            .into_iter()
-            .map(|r| AuditEntry {
-                id: r.id,
-                time: r.record.time.and_utc(),
-                provider: r.record.provider,
-                instance_id: r.record.instance_id,
-                agent_name: r.record.agent_name,
-                outcome: r.record.outcome,
-                agent_id: r.record.agent_id,
-                remote_addr: r.record.remote_addr,
-                reason: r.record.reason,
-            })
-            .collect(),
-    ))
+    Ok(Json(records.into_iter().map(audit_entry).collect()))
+}
+
+/// A stored audit record as the admin API (and the dashboard) shows it.
+pub(crate) fn audit_entry(r: AuditRecord) -> AuditEntry {
+    AuditEntry {
+        id: r.id,
+        time: r.record.time.and_utc(),
+        provider: r.record.provider,
+        instance_id: r.record.instance_id,
+        agent_name: r.record.agent_name,
+        outcome: r.record.outcome,
+        agent_id: r.record.agent_id,
+        remote_addr: r.record.remote_addr,
+        reason: r.record.reason,
+    }
 }

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Fields missing, empty, malformed or over their limits.
     #[error("validation failed")]
     Validation(Vec<ValidationError>),
+    /// A form body (the dashboard's POSTs) is not a form of the expected fields.
+    #[error("request body must be a valid form")]
+    BadForm,
     /// The body is over the limit.
     #[error("request body too large")]
     TooLarge,
@@ -71,6 +74,9 @@ pub enum ApiError {
     /// Missing or bad credentials on the agent or admin API.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// A dashboard POST without its CSRF token, or sent from another site.
+    #[error("cross-site request refused: {0}")]
+    CrossSite(&'static str),
     /// A named thing does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -103,6 +109,7 @@ impl ApiError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ApiError::BadJson
+            | ApiError::BadForm
             | ApiError::Validation(_)
             | ApiError::BadPath(_)
             | ApiError::BodyTimeout
@@ -118,6 +125,7 @@ impl ApiError {
                 refusal: KeyRefusal::Mismatch,
                 ..
             } => "key_mismatch",
+            ApiError::CrossSite(_) => "cross_site",
             ApiError::NoCandidate { .. } | ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -137,7 +145,10 @@ impl ApiError {
             ApiError::Validation(v) => Some(format!("{} invalid field(s)", v.len())),
             ApiError::TooLarge => Some("body over the limit".into()),
             ApiError::BodyTimeout => Some("body not received in time".into()),
-            ApiError::BadPath(_) | ApiError::MethodNotAllowed => None,
+            ApiError::BadPath(_)
+            | ApiError::MethodNotAllowed
+            | ApiError::BadForm
+            | ApiError::CrossSite(_) => None,
             ApiError::InvalidProof { detail, .. } | ApiError::AgentKey { detail, .. } => {
                 Some(detail.clone())
             }
@@ -201,6 +212,10 @@ impl IntoResponse for ApiError {
                     validations,
                     ..body("Validation failed.")
                 },
+            ),
+            ApiError::BadForm => (
+                StatusCode::BAD_REQUEST,
+                body("Request body must be a valid form."),
             ),
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -280,6 +295,13 @@ impl IntoResponse for ApiError {
                 )
             }
             ApiError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, body(why)),
+            ApiError::CrossSite(why) => (
+                StatusCode::FORBIDDEN,
+                ErrorResponse {
+                    detail: Some(why.into()),
+                    ..body("Cross-site request refused.")
+                },
+            ),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, body(what)),
             ApiError::RateLimited { retry_after: after } => {
                 retry_after = Some(after);

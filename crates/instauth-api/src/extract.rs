@@ -34,6 +34,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A form body (`application/x-www-form-urlencoded`) of at most the route's body limit: too large
+/// → 413, not a form of the expected fields → 400.
+pub struct FormBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for FormBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge
+            } else if is_timeout(&e) {
+                ApiError::BodyTimeout
+            } else {
+                ApiError::BadForm
+            }
+        })?;
+        serde_urlencoded::from_bytes(&bytes)
+            .map(FormBody)
+            .map_err(|_| ApiError::BadForm)
+    }
+}
+
 /// True when reading the body failed because the body read timeout passed.
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);

@@ -16,6 +16,7 @@ mod ops;
 pub mod ratelimit;
 pub mod serve;
 pub mod session;
+pub mod ui;
 pub mod verifiers;
 
 use std::sync::Arc;
@@ -88,6 +89,8 @@ struct Shared {
     verifiers: Verifiers,
     sessions: session::SessionSigner,
     admin_token_hash: [u8; 32],
+    /// An admin token was configured (an empty one never authenticates the dashboard).
+    admin_token_configured: bool,
     session_ttl: chrono::Duration,
     heartbeat_interval: chrono::Duration,
     metrics: Arc<metrics::Metrics>,
@@ -102,6 +105,8 @@ struct Shared {
     allow_lists: AllowLists,
     require_agent_keys: bool,
     clock: Arc<dyn Clock>,
+    /// Dashboard sessions and sign-in limits.
+    ui: ui::UiState,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -155,6 +160,7 @@ impl AppState {
                 verifiers,
                 sessions,
                 admin_token_hash: token_hash(&config.admin_token),
+                admin_token_configured: !config.admin_token.trim().is_empty(),
                 session_ttl: chrono_duration(config.session_ttl),
                 heartbeat_interval: chrono_duration(config.heartbeat_interval),
                 metrics,
@@ -167,6 +173,7 @@ impl AppState {
                 allow_lists: config.allow_lists,
                 require_agent_keys: config.require_agent_keys,
                 clock: config.clock,
+                ui: ui::UiState::new(),
             }),
         };
         tokio::spawn(maintain_session_keys(Arc::downgrade(&state.inner)));
@@ -276,6 +283,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agent)
         .merge(admin)
         .merge(ops::routes())
+        .merge(ui::routes())
         .fallback(|| async { ApiError::NotFound("No such endpoint.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

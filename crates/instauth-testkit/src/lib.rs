@@ -21,6 +21,7 @@ pub mod aia_server;
 pub mod azure;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod browser;
 pub mod cpu;
 pub mod der_build;
 pub mod jwks_server;
@@ -495,3 +496,40 @@ pub fn sign_jwt_hs256(
     )
 }
 pub mod imds;
+
+/// An agent's Ed25519 key for tests (SPEC §2.1), made from a fixed seed so a test can name it.
+pub struct TestAgentKey(ring::signature::Ed25519KeyPair);
+
+impl TestAgentKey {
+    /// The key whose seed is 32 bytes of `seed`.
+    pub fn from_seed(seed: u8) -> Self {
+        TestAgentKey(ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap())
+    }
+
+    /// Its fingerprint, as the admin API and the dashboard show it.
+    pub fn fingerprint(&self) -> String {
+        use ring::signature::KeyPair;
+        instauth_types::agent_key::fingerprint(self.0.public_key().as_ref())
+    }
+
+    /// The agent key fields for `body`, signed at `time` (Unix seconds) as an agent signs them.
+    pub fn sign<R: instauth_types::ExchangeBody>(
+        &self,
+        body: &R,
+        time: i64,
+    ) -> instauth_types::AgentKeyFields {
+        use instauth_types::agent_key;
+        use ring::signature::KeyPair;
+        let message = agent_key::message(
+            R::PROVIDER,
+            body.agent_name(),
+            time,
+            body.agent_key_proof_field(),
+        );
+        instauth_types::AgentKeyFields {
+            agent_public_key: Some(agent_key::encode(self.0.public_key().as_ref())),
+            agent_key_time: Some(time),
+            agent_key_signature: Some(agent_key::encode(self.0.sign(message.as_bytes()).as_ref())),
+        }
+    }
+}

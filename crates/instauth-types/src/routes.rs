@@ -35,6 +35,20 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 /// `GET`: Prometheus text.
 pub const METRICS: &str = "/metrics";
+/// `GET`: the operators' dashboard (SPEC §5.1), or its sign-in form without a session.
+pub const UI: &str = "/ui";
+/// `POST`: sign in to the dashboard with the admin token (a form).
+pub const UI_LOGIN: &str = "/ui/login";
+/// `POST`: end the dashboard session.
+pub const UI_LOGOUT: &str = "/ui/logout";
+/// `GET`: what the dashboard shows, as JSON, for its live refresh.
+pub const UI_DATA: &str = "/ui/data.json";
+/// `POST`: reset an agent's key from the dashboard; see [`ui_reset_key`].
+pub const UI_RESET_KEY: &str = "/ui/workspaces/{workspace}/agents/{agent}/reset-key";
+/// `GET`: the dashboard's script.
+pub const UI_SCRIPT: &str = "/ui/app.js";
+/// `GET`: the dashboard's style sheet.
+pub const UI_STYLE: &str = "/ui/style.css";
 
 /// Every route as (method, path template), in the order of docs/API.md.
 pub const ALL: &[(&str, &str)] = &[
@@ -53,6 +67,13 @@ pub const ALL: &[(&str, &str)] = &[
     ("GET", HEALTHZ),
     ("GET", READYZ),
     ("GET", METRICS),
+    ("GET", UI),
+    ("POST", UI_LOGIN),
+    ("POST", UI_LOGOUT),
+    ("GET", UI_DATA),
+    ("POST", UI_RESET_KEY),
+    ("GET", UI_SCRIPT),
+    ("GET", UI_STYLE),
 ];
 
 /// Everything but RFC 3986's unreserved characters is encoded.
@@ -99,6 +120,15 @@ pub fn agent_sessions(agent_id: &str) -> String {
     format!("/api/v2/workspaceagents/{}/sessions", segment(agent_id))
 }
 
+/// The path of [`UI_RESET_KEY`] for agent `agent` of `workspace`.
+pub fn ui_reset_key(workspace: &str, agent: &str) -> String {
+    format!(
+        "/ui/workspaces/{}/agents/{}/reset-key",
+        segment(workspace),
+        segment(agent)
+    )
+}
+
 /// The path and query of [`AUDIT`]: at most `limit` records (server default when `None`); with
 /// `after`, only records with a larger `id`, oldest first.
 pub fn audit(limit: Option<u32>, after: Option<i64>) -> String {
@@ -129,6 +159,12 @@ mod tests {
         );
         let id = "6f1c1d3e-0000-4000-8000-000000000001";
         assert_eq!(agent_sessions(id), AGENT_SESSIONS.replace("{agent_id}", id));
+        assert_eq!(
+            ui_reset_key("dev", "main"),
+            UI_RESET_KEY
+                .replace("{workspace}", "dev")
+                .replace("{agent}", "main")
+        );
         assert_eq!(audit(None, None), "/api/v2/audit");
         assert_eq!(audit(Some(5), None), "/api/v2/audit?limit=5");
         assert_eq!(audit(Some(5), Some(42)), "/api/v2/audit?limit=5&after=42");
