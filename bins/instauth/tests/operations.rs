@@ -208,6 +208,34 @@ fn keys_rotate_keeps_old_tokens_until_their_key_is_dropped() {
 }
 
 #[test]
+fn not_found_and_conflict_carry_the_configured_retry_after() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join(".local/share/instauth");
+    let server = server_in(home.path(), &["--retry-after", "7s"]);
+    let api = Api::new(&server.url, &data.join("admin-token"));
+    let exchange = |body: &Value| {
+        api.http
+            .post(format!(
+                "{}/api/v2/workspaceagents/aws-instance-identity",
+                api.url
+            ))
+            .json(body)
+            .send()
+            .unwrap()
+    };
+    let res = exchange(&aws_proof());
+    assert_eq!(res.status(), 404, "no workspace declares the instance yet");
+    assert_eq!(res.headers()["retry-after"], "7");
+    api.apply("dev");
+    let mut unnamed = aws_proof();
+    unnamed.as_object_mut().unwrap().remove("agent_name");
+    let res = exchange(&unnamed);
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.headers()["retry-after"], "7");
+    assert!(server.terminate().success());
+}
+
+#[test]
 fn a_half_sent_header_is_cut_off() {
     let home = tempfile::tempdir().unwrap();
     let server = server_in(home.path(), &[]);
