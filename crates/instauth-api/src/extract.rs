@@ -12,6 +12,24 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// The whole body, within the route's limit (else 413) and the body read timeout (else 408);
+/// any other failure to read it is `unreadable`.
+async fn body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    unreadable: ApiError,
+) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else if is_timeout(&e) {
+            ApiError::BodyTimeout
+        } else {
+            unreadable
+        }
+    })
+}
+
 /// A JSON body of at most the route's body limit: too large → 413, not JSON → 400.
 pub struct JsonBody<T>(pub T);
 
@@ -19,15 +37,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge
-            } else if is_timeout(&e) {
-                ApiError::BodyTimeout
-            } else {
-                ApiError::BadJson
-            }
-        })?;
+        let bytes = body(req, state, ApiError::BadJson).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|_| ApiError::BadJson)
@@ -42,15 +52,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for FormBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge
-            } else if is_timeout(&e) {
-                ApiError::BodyTimeout
-            } else {
-                ApiError::BadForm
-            }
-        })?;
+        let bytes = body(req, state, ApiError::BadForm).await?;
         serde_urlencoded::from_bytes(&bytes)
             .map(FormBody)
             .map_err(|_| ApiError::BadForm)

@@ -12,11 +12,11 @@ use crate::schema::{workspace_agents, workspace_builds, workspace_resources, wor
 use crate::text::text;
 use crate::{now, Result, Store};
 
-/// The candidate query (DESIGN.md step 3): live root agents with this instance ID and auth
-/// method, in the latest build of a live workspace. Driven by the partial index
-/// `workspace_agents_instance`; the latest-build test is one primary-key probe of `workspaces`.
-macro_rules! candidates_query {
-    ($auth:expr, $instance_id:expr) => {
+/// Live agents with their resource, in the latest build of a live workspace: what both the
+/// exchange and the agent API start from. "Latest build" is one primary-key probe of
+/// `workspaces` (its `latest_build_id`), never a scan of builds.
+macro_rules! live_agents {
+    () => {
         workspace_agents::table
             .inner_join(
                 workspaces::table.on(workspaces::id
@@ -27,11 +27,22 @@ macro_rules! candidates_query {
                 workspace_resources::table
                     .on(workspace_resources::id.eq(workspace_agents::resource_id)),
             )
+            .filter(workspace_agents::deleted_at.is_null())
+            .filter(workspaces::deleted_at.is_null())
+    };
+}
+#[cfg(feature = "testing")]
+pub(crate) use live_agents;
+
+/// The candidate query (DESIGN.md step 3): live root agents with this instance ID and auth
+/// method, in the latest build of a live workspace. Driven by the partial index
+/// `workspace_agents_instance`; the latest-build test is one primary-key probe of `workspaces`.
+macro_rules! candidates_query {
+    ($auth:expr, $instance_id:expr) => {
+        live_agents!()
             .filter(workspace_agents::auth_instance_id.eq($instance_id))
             .filter(workspace_agents::parent_id.is_null())
-            .filter(workspace_agents::deleted_at.is_null())
             .filter(workspace_agents::auth.eq(text($auth)))
-            .filter(workspaces::deleted_at.is_null())
             .select((
                 workspace_agents::id,
                 workspace_agents::name,
@@ -55,21 +66,10 @@ pub(crate) use candidates_query;
 /// that identifies the agent (session or static token).
 macro_rules! agent_context_query {
     () => {
-        workspace_agents::table
-            .inner_join(
-                workspaces::table.on(workspaces::id
-                    .eq(workspace_agents::workspace_id)
-                    .and(workspaces::latest_build_id.eq(workspace_agents::build_id.nullable()))),
-            )
+        live_agents!()
             .inner_join(
                 workspace_builds::table.on(workspace_builds::id.eq(workspace_agents::build_id)),
             )
-            .inner_join(
-                workspace_resources::table
-                    .on(workspace_resources::id.eq(workspace_agents::resource_id)),
-            )
-            .filter(workspace_agents::deleted_at.is_null())
-            .filter(workspaces::deleted_at.is_null())
             .select((
                 workspace_agents::id,
                 workspace_agents::name,
