@@ -923,9 +923,21 @@ async fn over_the_rate_limit_gets_429() {
     assert_eq!(res.headers()["retry-after"], "1");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["message"], "Rate limit exceeded.");
+    // A client that keeps knocking is recorded once per minute, with how many times it did.
+    for _ in 0..5 {
+        assert_eq!(post().await.unwrap().status(), 429);
+    }
     state.flush_audit().await;
-    assert_eq!(
-        state.store().list_audit(1).await.unwrap()[0].record.outcome,
-        "rate_limited"
+    let audit = state.store().list_audit(100).await.unwrap();
+    let limited: Vec<_> = audit
+        .iter()
+        .filter(|r| r.record.outcome == "rate_limited")
+        .collect();
+    assert!(
+        !limited.is_empty() && limited.len() <= 2,
+        "one record per minute (two if the minute turned): {limited:?}"
     );
+    let total: i32 = limited.iter().map(|r| r.record.count).sum();
+    assert_eq!(total, 6, "every refused attempt is counted");
+    assert_eq!(audit.len(), 2 + limited.len());
 }
