@@ -941,3 +941,55 @@ async fn over_the_rate_limit_gets_429() {
     assert_eq!(total, 6, "every refused attempt is counted");
     assert_eq!(audit.len(), 2 + limited.len());
 }
+
+/// Records past `--audit-retention` are deleted by the server itself, starting at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_past_the_retention_are_deleted() {
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    let record = |age: chrono::Duration, id: &str| instauth_store::NewAuditRecord {
+        time: instauth_store::now() - age,
+        provider: instauth_types::Provider::Aws,
+        instance_id: id.into(),
+        agent_name: String::new(),
+        outcome: "ok".into(),
+        agent_id: None,
+        remote_addr: String::new(),
+        reason: None,
+        count: 1,
+        uid: uuid::Uuid::new_v4(),
+    };
+    store
+        .insert_audit(&[
+            record(chrono::Duration::days(3), "old"),
+            record(chrono::Duration::hours(1), "new"),
+        ])
+        .await
+        .unwrap();
+    let (state, _w) = AppState::new(
+        store,
+        verifiers(&pki()),
+        ApiConfig {
+            audit_retention: Duration::from_secs(24 * 3600),
+            ..ApiConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<String> = state
+            .store()
+            .list_audit(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record.instance_id)
+            .collect();
+        if ids == ["new"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {ids:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
