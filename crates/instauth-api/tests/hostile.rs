@@ -499,7 +499,32 @@ async fn run(backend: TestBackend) {
     assert_eq!(res.status(), 200);
     let mut exchanges = 1;
 
+    // Proofs that verify but whose claims hold control characters (JSON escapes inside the
+    // signed document): 401, never a database error.
+    let mut signed_controls = Vec::new();
+    for (label, instance, account) in [
+        ("NUL in instanceId", "i-\\u0000x", "123456789012"),
+        ("newline in instanceId", "i-\\nFORGED", "123456789012"),
+        ("ESC in accountId", "i-ok", "1234\\u001b[2J"),
+    ] {
+        let document = TestPki::aws_document(instance, REGION, account);
+        let body = json!({
+            "document": document,
+            "signature": TestPki::aws_signature(document.as_bytes(), instauth_testkit::keys::TestKey::AwsRegion1024),
+            "agent_name": "main",
+        });
+        signed_controls.push(case(
+            format!("signed proof, {label}"),
+            "POST",
+            AWS,
+            Some(body.to_string().into_bytes()),
+            401,
+        ));
+    }
+
     let cases: Vec<Case> = exchange_cases(&pki)
+        .into_iter()
+        .chain(signed_controls)
         .into_iter()
         .chain(path_cases())
         .chain(build_cases())
@@ -510,7 +535,14 @@ async fn run(backend: TestBackend) {
         let (status, body, ctype) = send(&http, &url, c).await;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         let has_message = json.as_ref().is_some_and(|j| j["message"].is_string());
-        if status != c.status || !has_message || !ctype.starts_with("application/json") {
+        // The signed proofs must fail on their claims, not on their signature.
+        let right_reason = !c.name.starts_with("signed proof")
+            || String::from_utf8_lossy(&body).contains("control characters");
+        if status != c.status
+            || !has_message
+            || !right_reason
+            || !ctype.starts_with("application/json")
+        {
             failures.push(format!(
                 "{}: got {status} {} (want {} with a JSON error body)",
                 c.name,
