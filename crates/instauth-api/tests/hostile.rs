@@ -525,7 +525,6 @@ async fn run(backend: TestBackend) {
     let cases: Vec<Case> = exchange_cases(&pki)
         .into_iter()
         .chain(signed_controls)
-        .into_iter()
         .chain(path_cases())
         .chain(build_cases())
         .collect();
