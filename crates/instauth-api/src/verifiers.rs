@@ -12,6 +12,7 @@
 //! [`VerifyPool::wait`] for a permit is answered 503 with `Retry-After`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,6 +198,9 @@ pub struct Verifiers {
     gcp: GcpVerifier,
     aia: Option<AiaFetcher>,
     pool: VerifyPool,
+    /// Set when an Azure proof was verified again with a fetched issuing CA (which may have
+    /// been admitted): the listing changed since [`Verifiers::take_trust_changed`].
+    trust_changed: AtomicBool,
 }
 
 impl Verifiers {
@@ -209,6 +213,7 @@ impl Verifiers {
             gcp,
             aia: None,
             pool: VerifyPool::sized_to_cores(),
+            trust_changed: AtomicBool::new(false),
         }
     }
 
@@ -263,13 +268,23 @@ impl Verifiers {
             }
             Proof::Azure(req) => {
                 let pool = &self.pool;
-                self.azure
-                    .verify_with_aia(&req, self.aia.as_ref(), |job| async move {
-                        pool.run(move || job.run())
-                            .await
-                            .map_err(VerifyError::pool(Provider::Azure))
+                // A second job is the verification with a fetched issuing CA.
+                let jobs = AtomicUsize::new(0);
+                let verified = self
+                    .azure
+                    .verify_with_aia(&req, self.aia.as_ref(), |job| {
+                        jobs.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            pool.run(move || job.run())
+                                .await
+                                .map_err(VerifyError::pool(Provider::Azure))
+                        }
                     })
-                    .await
+                    .await;
+                if jobs.load(Ordering::Relaxed) > 1 {
+                    self.trust_changed.store(true, Ordering::Relaxed);
+                }
+                verified
             }
             Proof::Gcp(req) => {
                 // Parsing and the JWKS (network) on this side, holding no permit.
@@ -282,6 +297,12 @@ impl Verifiers {
                     .map_err(VerifyError::pool(Provider::Gcp))??)
             }
         }
+    }
+
+    /// Whether the trusted certificates may have changed (an Azure issuing CA fetched) since
+    /// the last call; clears the mark.
+    pub fn take_trust_changed(&self) -> bool {
+        self.trust_changed.swap(false, Ordering::Relaxed)
     }
 
     /// Puts reloaded trust material in place: new AWS region certificates, new Azure roots and

@@ -326,7 +326,23 @@ async fn an_issuing_ca_fetched_by_one_replica_is_used_by_the_next_through_the_da
         .verifiers()
         .trust_certificates()
         .iter()
-        .any(|c| c.subject.contains("TLS G3 CA 01")));
+        .any(|c| c.subject.contains("TLS G3 CA 01")
+            && c.source.to_string() == format!("http://www.microsoft.com{G3_PATH}")));
+    let metrics = replica1
+        .http
+        .get(format!("{}/metrics", replica1.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "instauth_trust_certificate_expiry_timestamp_seconds{provider=\"azure\",subject=\"O=instauth test,CN=instauth test TLS G3 CA 01\"}"
+        )),
+        "{metrics}"
+    );
 
     // A second replica (fresh verifier, fresh fetcher, same database) needs no download.
     let store2 = db.store().await;
