@@ -86,6 +86,10 @@ pub struct TrustListArgs {
     /// Trust material, as for `instauth server`.
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// Whether the server fetches Azure issuing CAs (AIA), as for `instauth server`: when on,
+    /// the ones stored in its database are listed too (with `off` the server never uses them).
+    #[arg(long, env = "INSTAUTH_AZURE_AIA", value_enum, default_value = "on")]
+    pub azure_aia: OnOff,
     /// The server's database, to include the Azure issuing CAs it fetched (AIA). Read only
     /// when `--postgres-url` is given or the SQLite file exists; never created or migrated.
     #[command(flatten)]
@@ -208,7 +212,11 @@ pub async fn list(args: TrustListArgs) -> anyhow::Result<ExitCode> {
         .trust
         .verifiers(Arc::new(instauth_verify::SystemClock))?;
     let mut certs = verifiers.trust_certificates();
-    match fetched(&args.db).await {
+    let found = match args.azure_aia {
+        OnOff::On => fetched(&args.db).await,
+        OnOff::Off => Ok(Vec::new()),
+    };
+    match found {
         Ok(found) => {
             for c in found {
                 // A fetched CA that is also built in or configured is listed once.

@@ -308,3 +308,59 @@ fn sighup_rereads_the_aws_certificates_without_a_restart() {
     });
     assert_eq!(exchange(&current), 401);
 }
+
+#[tokio::test]
+async fn trust_list_includes_the_issuing_cas_the_server_fetched() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let ca = issue_root(
+        "instauth test fetched CA",
+        Validity::around(Utc::now(), chrono::Duration::days(365)),
+        9,
+    );
+    let url = "http://www.microsoft.com/pkiops/certs/fetched.crt";
+    {
+        let store = instauth_store::Store::open(instauth_store::DatabaseConfig::Sqlite {
+            path: instauth_store::sqlite_path(&data),
+        })
+        .await
+        .unwrap();
+        store.put_aia_certificate(url, &ca.der()).await.unwrap();
+    }
+    let data_arg = data.to_str().unwrap();
+    let out = trust_list(home.path(), &["--data-dir", data_arg, "-o", "json"]);
+    // 1 only if a built-in certificate happens to expire within 30 days of today.
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let fetched: Vec<&Value> = listed.iter().filter(|l| l["source"] == url).collect();
+    assert_eq!(fetched.len(), 1, "{listed:?}");
+    assert_eq!(fetched[0]["role"], "intermediate");
+    assert!(fetched[0]["subject"]
+        .as_str()
+        .unwrap()
+        .contains("instauth test fetched CA"));
+    assert_eq!(listed.len(), builtin().len() + 1);
+
+    // With --azure-aia off the server never uses them, so they are not listed.
+    let out = trust_list(
+        home.path(),
+        &["--data-dir", data_arg, "--azure-aia", "off", "-o", "json"],
+    );
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), builtin().len());
+
+    // A data directory without a database: nothing is created, the rest is listed.
+    let empty = home.path().join("empty");
+    let out = trust_list(home.path(), &["--data-dir", empty.to_str().unwrap()]);
+    assert!(matches!(out.status.code(), Some(0 | 1)));
+    assert!(!empty.exists());
+}
