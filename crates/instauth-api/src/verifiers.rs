@@ -272,7 +272,7 @@ impl Verifiers {
                 let jobs = AtomicUsize::new(0);
                 let verified = self
                     .azure
-                    .verify_with_aia(&req, self.aia.as_ref(), |job| {
+                    .verify_owned_with_aia(req, self.aia.as_ref(), |job| {
                         jobs.fetch_add(1, Ordering::Relaxed);
                         async move {
                             pool.run(move || job.run())
