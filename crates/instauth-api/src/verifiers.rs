@@ -97,18 +97,23 @@ impl VerifyPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let permit =
-            match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                // The semaphore is never closed.
-                Ok(Err(closed)) => return Err(PoolError::Failed(closed.to_string())),
-                Err(_) => {
-                    return Err(PoolError::Busy {
-                        size: self.size,
-                        waited: self.wait,
-                    })
+        // A free permit is taken without arming a timer (the common case).
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    // The semaphore is never closed.
+                    Ok(Err(closed)) => return Err(PoolError::Failed(closed.to_string())),
+                    Err(_) => {
+                        return Err(PoolError::Busy {
+                            size: self.size,
+                            waited: self.wait,
+                        })
+                    }
                 }
-            };
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()
