@@ -361,13 +361,6 @@ impl TrustFiles {
         )?;
         Ok(TrustMaterial { aws, azure })
     }
-
-    /// Whether any file is configured (a reload has something to read).
-    pub fn any(&self) -> bool {
-        self.aws_certificates.is_some()
-            || self.azure_roots.is_some()
-            || self.azure_intermediates.is_some()
-    }
 }
 
 /// The certificates of `certs` that are still needed (valid at `now`, validity checked) and
