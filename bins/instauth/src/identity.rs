@@ -42,6 +42,10 @@ pub struct IdentityVerifyArgs {
     /// Allow-lists, as for `instauth server`: a proof outside them fails.
     #[command(flatten)]
     pub allow: crate::access::AllowArgs,
+    /// Fetch an unknown Azure issuing CA from the signer certificate's AIA URL, as the server
+    /// does. Off by default: verification stays offline.
+    #[arg(long, env = "INSTAUTH_AZURE_AIA", value_enum, default_value = "off")]
+    pub azure_aia: crate::trust::OnOff,
 }
 
 fn read_input(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -64,7 +68,14 @@ pub async fn run(args: IdentityVerifyArgs) -> anyhow::Result<ExitCode> {
         None => Arc::new(SystemClock),
     };
     let input = read_input(&args.file)?;
-    let verifiers = args.trust.verifiers(clock)?;
+    let mut verifiers = args.trust.verifiers(clock)?;
+    if args.azure_aia == crate::trust::OnOff::On {
+        // In memory only: this command never writes the server's database.
+        let fetcher =
+            instauth_verify_azure::AiaFetcher::new(None).context("setting up --azure-aia")?;
+        verifiers = verifiers.with_aia(fetcher);
+    }
+    let verifiers = Arc::new(verifiers);
     let proof = Proof::from_json(args.provider, &input).with_context(|| {
         format!(
             "{} is not a {} request body (JSON as an agent would POST it)",
@@ -72,7 +83,7 @@ pub async fn run(args: IdentityVerifyArgs) -> anyhow::Result<ExitCode> {
             args.provider
         )
     })?;
-    let result = verifiers.verify(&proof).await;
+    let result = verifiers.verify(proof).await;
     match result {
         Ok(identity) => {
             if let Err(why) =
@@ -86,6 +97,18 @@ pub async fn run(args: IdentityVerifyArgs) -> anyhow::Result<ExitCode> {
         }
         Err(why) => {
             eprintln!("identity verification failed: {why}");
+            let unknown_issuer = matches!(
+                why,
+                instauth_api::VerifyError::Azure(instauth_verify_azure::AzureError::UnknownIssuer(
+                    _
+                ))
+            );
+            if unknown_issuer && args.azure_aia == crate::trust::OnOff::Off {
+                eprintln!(
+                    "hint: the server fetches such an issuing CA from its caIssuers URL \
+                     (--azure-aia, on by default there); add --azure-aia on to do the same here"
+                );
+            }
             Ok(ExitCode::from(1))
         }
     }

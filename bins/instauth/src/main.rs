@@ -44,6 +44,16 @@ enum Command {
     /// Manage the session signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Inspect the trust material (AWS region certificates, Azure roots and issuing CAs).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// List every built-in, configured and fetched trust certificate, soonest expiry first;
+    /// exit code 1 if one that is still needed expires within 30 days.
+    List(trust::TrustListArgs),
 }
 
 #[derive(Subcommand)]
@@ -60,7 +70,7 @@ enum IdentityCommand {
 }
 
 #[derive(Args, Clone)]
-struct DbArgs {
+pub(crate) struct DbArgs {
     /// Directory for the embedded database and the admin token.
     /// Default: $XDG_DATA_HOME/instauth or ~/.local/share/instauth.
     #[arg(long, env = "INSTAUTH_DATA_DIR")]
@@ -90,6 +100,10 @@ struct ServerArgs {
     admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     trust: trust::TrustArgs,
+    /// Fetch an unknown Azure issuing CA from the signer certificate's AIA URL (Microsoft's
+    /// and DigiCert's certificate hosts only; bounded, cached in the database, rate-limited).
+    #[arg(long, env = "INSTAUTH_AZURE_AIA", value_enum, default_value = "on")]
+    azure_aia: trust::OnOff,
     /// How long a session token is valid (1m to 366d).
     #[arg(long, env = "INSTAUTH_SESSION_TTL", default_value = "24h", value_parser = duration_between("1m", "366d"))]
     session_ttl: Duration,
@@ -218,7 +232,7 @@ impl DbArgs {
         }
     }
 
-    fn database(&self) -> anyhow::Result<DatabaseConfig> {
+    pub(crate) fn database(&self) -> anyhow::Result<DatabaseConfig> {
         Ok(match &self.postgres_url {
             Some(url) => DatabaseConfig::Postgres { url: url.clone() },
             None => DatabaseConfig::Sqlite {
@@ -257,6 +271,42 @@ async fn open_store(db: &DbArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Re-reads the trust files on every SIGHUP for as long as the server runs. The handler is
+/// installed when this is called (before "listening on"): SIGHUP's default action ends the
+/// process.
+fn reload_on_sighup(
+    state: instauth_api::AppState,
+    files: instauth_api::TrustFiles,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let (state, files) = (state.clone(), files.clone());
+                // Reading and parsing certificates is blocking work.
+                let reloaded =
+                    tokio::task::spawn_blocking(move || state.reload_trust(&files)).await;
+                match reloaded {
+                    Ok(Ok(())) => tracing::info!("SIGHUP: reloaded the trust files."),
+                    Ok(Err(e)) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: reloading the trust files failed; the previous trust material stays in use."
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: reloading the trust files failed; the previous trust material stays in use."
+                    ),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (state, files);
+    Ok(())
+}
+
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
 /// future is first polled: a signal that arrives right after "listening on" must not find the
 /// default action (exit without flushing) still in place.
@@ -289,10 +339,17 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     };
     let shutdown = shutdown_signal()?;
     let admin_token = admin_token(&token_path)?;
-    let verifiers = args
+    let mut verifiers = args
         .trust
         .verifiers(Arc::new(instauth_verify::SystemClock))?;
+    instauth_api::verifiers::warn_expiring(&verifiers.trust_certificates(), chrono::Utc::now());
     let store = open_store(&args.db).await?;
+    if args.azure_aia == trust::OnOff::On {
+        let cache = instauth_api::aia_cache::StoreAiaCache::new(store.clone());
+        let fetcher = instauth_verify_azure::AiaFetcher::new(Some(Arc::new(cache)))
+            .context("setting up --azure-aia")?;
+        verifiers = verifiers.with_aia(fetcher);
+    }
     let (state, audit) = instauth_api::AppState::new(
         store,
         verifiers,
@@ -312,6 +369,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     .await
     .context("loading the session key")?;
     tracing::info!(admin_token_file = %token_path.display(), "Admin token ready.");
+    reload_on_sighup(state.clone(), args.trust.files())?;
     let app = instauth_api::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -379,6 +437,12 @@ async fn main() -> ExitCode {
             return identity::run(args).await.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
+            })
+        }
+        Command::Trust(TrustCommand::List(args)) => {
+            return trust::list(args).await.unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
             })
         }
     };

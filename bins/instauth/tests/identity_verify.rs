@@ -37,6 +37,7 @@ fn run(dir: &Path, provider: &str, body: &serde_json::Value, extra: &[&str]) -> 
         .env_remove("INSTAUTH_AWS_ACCOUNTS")
         .env_remove("INSTAUTH_GCP_PROJECTS")
         .env_remove("INSTAUTH_AZURE_SUBSCRIPTIONS")
+        .env_remove("INSTAUTH_AZURE_AIA")
         .output()
         .unwrap();
     Outcome {
@@ -126,6 +127,38 @@ fn azure_vector_verifies_at_its_time_and_fails_now() {
         })
     );
     let out = run(dir.path(), "azure", &body, &[]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("expired"), "{}", out.stderr);
+}
+
+#[test]
+fn azure_g2_vector_of_2026_verifies_at_its_time_with_no_trust_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = serde_json::json!({
+        "signature": vector("coder-attested-public-eastus-2026-06-25-g2.p7.b64"),
+        "encoding": "pkcs7",
+    });
+    let id = identity(&run(
+        dir.path(),
+        "azure",
+        &body,
+        &["--at", "2026-06-25T19:00:00Z"],
+    ));
+    assert_eq!(
+        id,
+        serde_json::json!({
+            "provider": "azure",
+            "instance_id": "dc18de58-292f-4794-9a5d-a4192bad0039",
+            "subscription_id": "05e8b285-4ce1-46a3-b4c9-f51ba67d6acc",
+        })
+    );
+    // Outside the document's six hours it is refused, whatever the certificates say.
+    let out = run(
+        dir.path(),
+        "azure",
+        &body,
+        &["--at", "2026-06-26T02:00:00Z"],
+    );
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
 }

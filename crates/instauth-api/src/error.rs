@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use instauth_types::{ErrorResponse, ValidationError};
 
+use crate::verifiers::VerifyError;
+
 /// An API failure; `into_response` gives its status and stable JSON body.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -48,6 +50,18 @@ pub enum ApiError {
         refusal: KeyRefusal,
         /// What was wrong, naming keys by fingerprint only.
         detail: String,
+    },
+    /// The cloud proof cannot be checked now: the cloud's keys or an Azure issuing CA cannot
+    /// be fetched and none is cached, or every verification slot stayed busy. The proof may
+    /// be good: 503 with `Retry-After`.
+    #[error("cannot verify {provider} identity now: {detail}")]
+    ProofUnavailable {
+        /// `AWS`, `Azure` or `GCP`.
+        provider: &'static str,
+        /// What is unavailable (no secret material).
+        detail: String,
+        /// Seconds for the `Retry-After` header.
+        retry_after: u64,
     },
     /// No candidate agent.
     #[error("no candidate agent")]
@@ -129,7 +143,7 @@ impl ApiError {
             ApiError::NoCandidate { .. } | ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable | ApiError::ProofUnavailable { .. } => "unavailable",
             ApiError::Internal(_) => "error",
         }
     }
@@ -149,9 +163,9 @@ impl ApiError {
             | ApiError::MethodNotAllowed
             | ApiError::BadForm
             | ApiError::CrossSite(_) => None,
-            ApiError::InvalidProof { detail, .. } | ApiError::AgentKey { detail, .. } => {
-                Some(detail.clone())
-            }
+            ApiError::InvalidProof { detail, .. }
+            | ApiError::AgentKey { detail, .. }
+            | ApiError::ProofUnavailable { detail, .. } => Some(detail.clone()),
             ApiError::Forbidden(why) => Some(why.to_string()),
             ApiError::NoCandidate {
                 requested, names, ..
@@ -187,6 +201,39 @@ impl From<instauth_store::StoreError> for ApiError {
             ),
             e if e.is_unavailable() => ApiError::Unavailable,
             e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Seconds until a retry of a proof that could not be checked may succeed: Google's keys and an
+/// Azure issuing CA are fetched again at most once a minute after a failure; a saturated pool
+/// frees up in seconds.
+fn proof_retry_after(e: &VerifyError) -> u64 {
+    match e {
+        VerifyError::Gcp(_) => instauth_verify_gcp::MIN_REFETCH_INTERVAL.as_secs(),
+        VerifyError::Azure(_) => instauth_verify_azure::aia::AIA_NEGATIVE_TTL.as_secs(),
+        _ => 5,
+    }
+}
+
+/// A proof that failed is a 401; one that could not be checked now a 503; a verification that
+/// crashed a 500.
+impl From<VerifyError> for ApiError {
+    fn from(e: VerifyError) -> Self {
+        let provider = e.provider().label();
+        if e.is_unavailable() {
+            ApiError::ProofUnavailable {
+                provider,
+                retry_after: proof_retry_after(&e).max(1),
+                detail: e.to_string(),
+            }
+        } else if e.is_internal() {
+            ApiError::Internal(e.to_string())
+        } else {
+            ApiError::InvalidProof {
+                provider,
+                detail: e.to_string(),
+            }
         }
     }
 }
@@ -256,6 +303,20 @@ impl IntoResponse for ApiError {
                     ..body(instauth_types::agent_key::REFUSED_MESSAGE)
                 },
             ),
+            ApiError::ProofUnavailable {
+                provider,
+                detail,
+                retry_after: after,
+            } => {
+                retry_after = Some(after);
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorResponse {
+                        detail: Some(detail),
+                        ..body(format!("{provider} identity cannot be verified now."))
+                    },
+                )
+            }
             ApiError::NoCandidate {
                 instance_id,
                 requested,

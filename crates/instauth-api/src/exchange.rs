@@ -18,7 +18,7 @@ use instauth_store::{Candidate, NewAuditRecord};
 use instauth_types::agent_key::{self, PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use instauth_types::{
     AgentKeyFields, AuthenticateResponse, AwsInstanceIdentityRequest, AzureInstanceIdentityRequest,
-    ExchangeBody, ExchangeRequest, GoogleInstanceIdentityRequest, ValidationError,
+    ExchangeBody, ExchangeRequest, GoogleInstanceIdentityRequest, Proof, ValidationError,
 };
 use instauth_verify::{Identity, Verified};
 use subtle::ConstantTimeEq;
@@ -26,6 +26,7 @@ use subtle::ConstantTimeEq;
 use crate::audit::Escaped;
 use crate::error::{ApiError, KeyRefusal};
 use crate::extract::{ClientAddr, JsonBody};
+use crate::verifiers::VerifyError;
 use crate::AppState;
 
 /// Longest accepted AWS identity document (real ones are about 500 bytes).
@@ -350,7 +351,7 @@ async fn exchange<R: ExchangeBody>(
     client: ClientAddr,
     body: Result<JsonBody<ExchangeRequest<R>>, ApiError>,
     validate: fn(&R) -> Vec<ValidationError>,
-    verify: impl AsyncFnOnce(&R) -> Result<Verified<Identity>, String>,
+    verify: impl AsyncFnOnce(&R) -> Result<Verified<Identity>, VerifyError>,
 ) -> Response {
     let provider = R::PROVIDER;
     let started = Instant::now();
@@ -385,14 +386,12 @@ async fn exchange<R: ExchangeBody>(
         if !problems.is_empty() {
             return Err(ApiError::Validation(problems));
         }
-        let identity = verify(&req.body)
-            .await
-            .and_then(|identity| check_identity(&identity).map(|()| identity))
-            .map_err(|detail| ApiError::InvalidProof {
-                provider: provider.label(),
-                detail,
-            })?
-            .into_inner();
+        let identity = verify(&req.body).await.map_err(ApiError::from)?;
+        check_identity(&identity).map_err(|detail| ApiError::InvalidProof {
+            provider: provider.label(),
+            detail,
+        })?;
+        let identity = identity.into_inner();
         let instance_id = identity.instance_id().to_owned();
         audit.instance_id.clone_from(&instance_id);
         // Checks that need no database come first: a refused request costs no statement.
@@ -484,9 +483,10 @@ pub(crate) async fn aws(
     client: ClientAddr,
     body: Result<JsonBody<ExchangeRequest<AwsInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
-    let verifier = &state.inner.verifiers.aws;
+    let verifiers = &state.inner.verifiers;
+    // The clone is the pool hand-off: the proof moves to a blocking thread.
     exchange(&state, client, body, validate_aws, async |r| {
-        verifier.verify(r).map_err(|e| e.to_string())
+        verifiers.verify(Proof::Aws(r.clone())).await
     })
     .await
 }
@@ -497,9 +497,9 @@ pub(crate) async fn azure(
     client: ClientAddr,
     body: Result<JsonBody<ExchangeRequest<AzureInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
-    let verifier = &state.inner.verifiers.azure;
+    let verifiers = &state.inner.verifiers;
     exchange(&state, client, body, validate_azure, async |r| {
-        verifier.verify(r).map_err(|e| e.to_string())
+        verifiers.verify(Proof::Azure(r.clone())).await
     })
     .await
 }
@@ -510,9 +510,9 @@ pub(crate) async fn google(
     client: ClientAddr,
     body: Result<JsonBody<ExchangeRequest<GoogleInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
-    let verifier = &state.inner.verifiers.gcp;
+    let verifiers = &state.inner.verifiers;
     exchange(&state, client, body, validate_gcp, async |r| {
-        verifier.verify(r).await.map_err(|e| e.to_string())
+        verifiers.verify(Proof::Gcp(r.clone())).await
     })
     .await
 }

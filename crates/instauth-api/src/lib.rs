@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admin;
 pub mod agent;
+pub mod aia_cache;
 pub mod audit;
 pub mod error;
 pub mod exchange;
@@ -32,7 +33,7 @@ use instauth_verify::Clock;
 pub use audit::{AuditSink, AuditWriter};
 pub use error::ApiError;
 pub use instauth_policy::{AllowLists, NotAllowed};
-pub use verifiers::{Verifiers, VerifyError};
+pub use verifiers::{TrustFiles, Verifiers, VerifyError, VerifyPool};
 
 /// Largest exchange request body (SPEC.md §2).
 pub const EXCHANGE_BODY_LIMIT: usize = 64 * 1024;
@@ -86,7 +87,7 @@ impl Default for ApiConfig {
 
 struct Shared {
     store: Store,
-    verifiers: Verifiers,
+    verifiers: Arc<Verifiers>,
     sessions: session::SessionSigner,
     admin_token_hash: [u8; 32],
     /// An admin token was configured (an empty one never authenticates the dashboard).
@@ -157,7 +158,7 @@ impl AppState {
         let state = AppState {
             inner: Arc::new(Shared {
                 store,
-                verifiers,
+                verifiers: Arc::new(verifiers),
                 sessions,
                 admin_token_hash: token_hash(&config.admin_token),
                 admin_token_configured: !config.admin_token.trim().is_empty(),
@@ -177,6 +178,7 @@ impl AppState {
             }),
         };
         tokio::spawn(maintain_session_keys(Arc::downgrade(&state.inner)));
+        state.refresh_trust_metrics();
         Ok((state, writer))
     }
 
@@ -199,6 +201,37 @@ impl AppState {
             .await?;
         self.inner.sessions.reload(&keys);
         Ok(true)
+    }
+
+    /// The verifiers.
+    pub fn verifiers(&self) -> &Arc<Verifiers> {
+        &self.inner.verifiers
+    }
+
+    /// Exports the expiry of every trusted certificate whose validity matters (see
+    /// [`metrics::Metrics::set_trust_certificates`]); called at start and after a reload.
+    pub fn refresh_trust_metrics(&self) {
+        self.inner.metrics.set_trust_certificates(
+            &self.inner.verifiers.trust_certificates(),
+            chrono::Utc::now(),
+        );
+    }
+
+    /// Re-reads the trust files (SIGHUP) and puts them in place, then refreshes the expiry
+    /// metric and warns about still-needed certificates close to expiry. On failure the old
+    /// material stays in use and the error says which file is wrong.
+    pub fn reload_trust(
+        &self,
+        files: &TrustFiles,
+    ) -> Result<(), instauth_verify::trust::TrustError> {
+        let material = files.load()?;
+        self.inner.verifiers.replace_trust(material);
+        self.refresh_trust_metrics();
+        verifiers::warn_expiring(
+            &self.inner.verifiers.trust_certificates(),
+            chrono::Utc::now(),
+        );
+        Ok(())
     }
 
     /// Proxies whose `X-Forwarded-For` is believed.

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 use instauth_types::Provider;
+use instauth_verify::trust::TrustCertificate;
 
 /// Upper bounds of the exchange duration histogram, in seconds.
 pub const BUCKETS: [f64; 12] = [
@@ -174,6 +175,33 @@ impl Metrics {
             .set(not_after);
     }
 
+    /// Replaces the expiry gauge with the certificates of `certs` whose expiry matters: those
+    /// whose validity verification checks (not AWS region certificates, used for their key
+    /// only) and that are valid at `now` (an expired generation is kept only to check old
+    /// proofs with `--at`, and would keep an expiry alert firing for ever). Certificates sharing
+    /// a subject (a CA and its cross-signed twin) are one series: the latest notAfter, when
+    /// that CA stops being usable.
+    pub fn set_trust_certificates(
+        &self,
+        certs: &[TrustCertificate],
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        let mut latest = std::collections::BTreeMap::new();
+        for c in certs
+            .iter()
+            .filter(|c| c.expiry_checked && c.is_valid_at(now))
+        {
+            let at = c.not_after.timestamp();
+            let entry = latest.entry((c.provider, c.subject.as_str())).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        // A certificate dropped by a reload must not linger as a series.
+        self.certificate_expiry.clear();
+        for ((provider, subject), not_after) in latest {
+            self.set_trust_certificate_expiry(provider, subject, not_after);
+        }
+    }
+
     /// The exposition text ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -246,5 +274,63 @@ mod tests {
         assert!(text
             .lines()
             .any(|l| l == "instauth_audit_records_dropped_total 0"));
+    }
+
+    fn cert(subject: &str, not_after: i64, checked: bool) -> TrustCertificate {
+        use chrono::DateTime;
+        use instauth_verify::trust::{TrustRole, TrustSource};
+        TrustCertificate {
+            provider: if checked {
+                Provider::Azure
+            } else {
+                Provider::Aws
+            },
+            subject: subject.into(),
+            issuer: "CN=i".into(),
+            not_before: DateTime::from_timestamp(0, 0).unwrap(),
+            not_after: DateTime::from_timestamp(not_after, 0).unwrap(),
+            source: TrustSource::BuiltIn,
+            role: TrustRole::Intermediate,
+            region: None,
+            expiry_checked: checked,
+            sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_expiry_gauge_exports_the_certificates_verification_depends_on() {
+        let m = Metrics::new(|| 0);
+        let now = chrono::DateTime::from_timestamp(1_000, 0).unwrap();
+        m.set_trust_certificates(
+            &[
+                cert("CN=Root R1", 5_000, true),
+                // A CA and its cross-signed twin: one series, the later date.
+                cert("CN=CA 03", 2_000, true),
+                cert("CN=CA 03", 3_000, true),
+                // Expired: kept for `--at` only.
+                cert("CN=Old", 999, true),
+                // AWS: dates not checked.
+                cert("CN=ec2", 2_000, false),
+            ],
+            now,
+        );
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("instauth_trust_certificate_expiry_timestamp_seconds{"))
+            .collect();
+        assert_eq!(series.len(), 2, "{text}");
+        for line in [
+            "instauth_trust_certificate_expiry_timestamp_seconds{provider=\"azure\",subject=\"CN=CA 03\"} 3000",
+            "instauth_trust_certificate_expiry_timestamp_seconds{provider=\"azure\",subject=\"CN=Root R1\"} 5000",
+        ] {
+            assert!(series.contains(&line), "no line {line:?} in:\n{text}");
+        }
+
+        // A reload replaces the set.
+        m.set_trust_certificates(&[cert("CN=New", 9_000, true)], now);
+        let text = m.render();
+        assert!(!text.contains("CN=CA 03"), "{text}");
+        assert!(text.contains("subject=\"CN=New\"} 9000"), "{text}");
     }
 }

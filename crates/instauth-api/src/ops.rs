@@ -42,6 +42,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
+    // An issuing CA admitted from an AIA download since the last scrape joins the expiry
+    // gauge (a reload refreshes it too).
+    if state.inner.verifiers.take_trust_changed() {
+        state.refresh_trust_metrics();
+    }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.inner.metrics.render(),

@@ -1,13 +1,136 @@
 //! The three clouds' verifiers behind one entry point, [`Verifiers::verify`], used by the
-//! exchange endpoints and by `instauth identity verify` alike.
+//! exchange endpoints and by `instauth identity verify` alike; the bounded pool their CPU work
+//! runs on ([`VerifyPool`]); and the trust files they are built from and re-read on SIGHUP
+//! ([`TrustFiles`]).
+//!
+//! Where the work runs (DESIGN.md): signature and chain checks are CPU work and never run on
+//! the async workers that serve HTTP. Each proof's CPU part is handed to tokio's blocking
+//! threads behind a semaphore of one permit per core, so at most that many proofs are checked
+//! at once whatever arrives, and `/healthz`, heartbeats and the admin API keep their threads.
+//! Network IO (Google's JWKS, an Azure issuing CA's AIA download) happens before or between
+//! those hand-offs, on the async side, holding no permit. A proof that waits longer than
+//! [`VerifyPool::wait`] for a permit is answered 503 with `Retry-After`.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 use instauth_types::{Proof, Provider};
+use instauth_verify::trust::{sort_by_expiry, TrustCertificate, TrustError};
 use instauth_verify::{Identity, Verified};
 use instauth_verify_aws::{AwsError, AwsVerifier};
-use instauth_verify_azure::{AzureError, AzureVerifier};
+use instauth_verify_azure::{AiaFetcher, AzureError, AzureTrust, AzureVerifier};
 use instauth_verify_gcp::{GcpError, GcpVerifier};
+use tokio::sync::Semaphore;
 
-/// Why a proof was rejected, by cloud; `error.rs` maps it to a status.
+/// Why the pool did not run a verification.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// Every permit stayed taken for the whole wait: the server is saturated with proofs.
+    #[error("all {size} verification slots stayed busy for {}s", waited.as_secs())]
+    Busy {
+        /// Permits of the pool.
+        size: usize,
+        /// How long the proof waited.
+        waited: Duration,
+    },
+    /// The verification panicked (a bug; logged as an internal error).
+    #[error("the verification task failed: {0}")]
+    Failed(String),
+}
+
+/// A bounded pool for synchronous verification work: tokio's blocking threads behind a
+/// semaphore, so that at most [`VerifyPool::size`] verifications run at once and a proof waits
+/// at most [`VerifyPool::wait`] for its turn. Cheap to clone (clones share the permits).
+#[derive(Debug, Clone)]
+pub struct VerifyPool {
+    permits: Arc<Semaphore>,
+    size: usize,
+    wait: Duration,
+}
+
+impl VerifyPool {
+    /// How long a proof waits for a permit by default before it is answered 503.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+    /// A pool running at most `size` (at least 1) verifications at once; a proof waits at most
+    /// `wait` for a permit.
+    pub fn new(size: usize, wait: Duration) -> Self {
+        let size = size.max(1);
+        VerifyPool {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+            wait,
+        }
+    }
+
+    /// One permit per core the process may use ([`std::thread::available_parallelism`]), and
+    /// [`VerifyPool::DEFAULT_WAIT`].
+    pub fn sized_to_cores() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores, Self::DEFAULT_WAIT)
+    }
+
+    /// How many verifications run at most at once.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How long a proof waits at most for a permit.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// Permits free right now (for tests and diagnostics).
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Runs `work` on a blocking thread once a permit is free. The permit goes with the work:
+    /// if the caller gives up (the client disconnected), the work still finishes before its
+    /// permit is released, so the bound holds for the CPU actually in use.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        // A free permit is taken without arming a timer (the common case).
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    // The semaphore is never closed.
+                    Ok(Err(closed)) => return Err(PoolError::Failed(closed.to_string())),
+                    Err(_) => {
+                        return Err(PoolError::Busy {
+                            size: self.size,
+                            waited: self.wait,
+                        })
+                    }
+                }
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| PoolError::Failed(e.to_string()))
+    }
+}
+
+impl Default for VerifyPool {
+    /// [`VerifyPool::sized_to_cores`].
+    fn default() -> Self {
+        Self::sized_to_cores()
+    }
+}
+
+/// Why a proof was not verified, by cloud; `error.rs` maps it to a status.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
@@ -20,6 +143,14 @@ pub enum VerifyError {
     /// A Google proof.
     #[error(transparent)]
     Gcp(#[from] GcpError),
+    /// The verification pool did not run the check.
+    #[error("{source}")]
+    Pool {
+        /// The cloud whose proof waited.
+        provider: Provider,
+        /// What happened.
+        source: PoolError,
+    },
 }
 
 impl VerifyError {
@@ -29,28 +160,312 @@ impl VerifyError {
             VerifyError::Aws(_) => Provider::Aws,
             VerifyError::Azure(_) => Provider::Azure,
             VerifyError::Gcp(_) => Provider::Gcp,
+            VerifyError::Pool { provider, .. } => *provider,
         }
+    }
+
+    /// A temporary failure: the proof may be good but cannot be checked now (Google's keys or
+    /// an Azure issuing CA unreachable with nothing cached, or the pool saturated).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            VerifyError::Aws(_) => false,
+            VerifyError::Azure(e) => e.is_unavailable(),
+            VerifyError::Gcp(e) => e.is_unavailable(),
+            VerifyError::Pool { source, .. } => matches!(source, PoolError::Busy { .. }),
+        }
+    }
+
+    /// A fault of the server rather than of the proof (a verification panicked).
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::Pool {
+                source: PoolError::Failed(_),
+                ..
+            }
+        )
+    }
+
+    fn pool(provider: Provider) -> impl FnOnce(PoolError) -> VerifyError {
+        move |source| VerifyError::Pool { provider, source }
     }
 }
 
-/// The verifiers of the three clouds, built from the trust flags.
+/// The verifiers of the three clouds, the optional AIA fetcher for unknown Azure issuing CAs,
+/// and the pool their CPU work runs on. Share it in an [`Arc`]: [`Verifiers::verify`] hands
+/// clones of it to the pool.
 #[derive(Debug)]
 pub struct Verifiers {
-    /// AWS instance identity.
-    pub aws: AwsVerifier,
-    /// Azure attested data.
-    pub azure: AzureVerifier,
-    /// Google identity JWT.
-    pub gcp: GcpVerifier,
+    /// Swapped whole on reload; a verification in flight keeps the material it started with.
+    aws: ArcSwap<AwsVerifier>,
+    /// Reloaded in place ([`AzureVerifier::replace_trust`]), keeping the fetched issuing CAs.
+    azure: AzureVerifier,
+    gcp: GcpVerifier,
+    aia: Option<AiaFetcher>,
+    pool: VerifyPool,
+    /// Set when an Azure proof was verified again with a fetched issuing CA (which may have
+    /// been admitted): the listing changed since [`Verifiers::take_trust_changed`].
+    trust_changed: AtomicBool,
 }
 
 impl Verifiers {
-    /// Verifies `proof` with its cloud's verifier.
-    pub async fn verify(&self, proof: &Proof) -> Result<Verified<Identity>, VerifyError> {
-        Ok(match proof {
-            Proof::Aws(r) => self.aws.verify(r)?,
-            Proof::Azure(r) => self.azure.verify(r)?,
-            Proof::Gcp(r) => self.gcp.verify(r).await?,
-        })
+    /// The three verifiers on a pool sized to the cores ([`VerifyPool::sized_to_cores`]),
+    /// without AIA fetching.
+    pub fn new(aws: AwsVerifier, azure: AzureVerifier, gcp: GcpVerifier) -> Self {
+        Verifiers {
+            aws: ArcSwap::from_pointee(aws),
+            azure,
+            gcp,
+            aia: None,
+            pool: VerifyPool::sized_to_cores(),
+            trust_changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Fetches unknown Azure issuing CAs with `fetcher` (`--azure-aia on`).
+    pub fn with_aia(mut self, fetcher: AiaFetcher) -> Self {
+        self.aia = Some(fetcher);
+        self
+    }
+
+    /// Runs the CPU work on `pool` instead.
+    pub fn with_pool(mut self, pool: VerifyPool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The AWS verifier now in use.
+    pub fn aws(&self) -> Arc<AwsVerifier> {
+        self.aws.load_full()
+    }
+
+    /// The Azure verifier.
+    pub fn azure(&self) -> &AzureVerifier {
+        &self.azure
+    }
+
+    /// The Google verifier.
+    pub fn gcp(&self) -> &GcpVerifier {
+        &self.gcp
+    }
+
+    /// The AIA fetcher, when Azure issuing CAs may be fetched.
+    pub fn aia(&self) -> Option<&AiaFetcher> {
+        self.aia.as_ref()
+    }
+
+    /// The verification pool.
+    pub fn pool(&self) -> &VerifyPool {
+        &self.pool
+    }
+
+    /// Verifies `proof` with its cloud's verifier, the CPU work on the pool (see the module
+    /// documentation). The proof is taken by value: it moves to the pool's thread uncopied.
+    pub async fn verify(self: &Arc<Self>, proof: Proof) -> Result<Verified<Identity>, VerifyError> {
+        match proof {
+            Proof::Aws(req) => {
+                let this = Arc::clone(self);
+                Ok(self
+                    .pool
+                    .run(move || this.aws.load().verify(&req))
+                    .await
+                    .map_err(VerifyError::pool(Provider::Aws))??)
+            }
+            Proof::Azure(req) => {
+                let pool = &self.pool;
+                // A second job is the verification with a fetched issuing CA.
+                let jobs = AtomicUsize::new(0);
+                let verified = self
+                    .azure
+                    .verify_owned_with_aia(req, self.aia.as_ref(), |job| {
+                        jobs.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            pool.run(move || job.run())
+                                .await
+                                .map_err(VerifyError::pool(Provider::Azure))
+                        }
+                    })
+                    .await;
+                if jobs.load(Ordering::Relaxed) > 1 {
+                    self.trust_changed.store(true, Ordering::Relaxed);
+                }
+                verified
+            }
+            Proof::Gcp(req) => {
+                // Parsing and the JWKS (network) on this side, holding no permit.
+                let prepared = self.gcp.prepare(req).await?;
+                let this = Arc::clone(self);
+                Ok(self
+                    .pool
+                    .run(move || this.gcp.finish(prepared))
+                    .await
+                    .map_err(VerifyError::pool(Provider::Gcp))??)
+            }
+        }
+    }
+
+    /// Whether the trusted certificates may have changed (an Azure issuing CA fetched) since
+    /// the last call; clears the mark.
+    pub fn take_trust_changed(&self) -> bool {
+        self.trust_changed.swap(false, Ordering::Relaxed)
+    }
+
+    /// Puts reloaded trust material in place: new AWS region certificates, new Azure roots and
+    /// issuing CAs (the fetched issuing CAs stay, but a path through one must end at one of the
+    /// new roots). Verifications in flight finish with the material they started with.
+    pub fn replace_trust(&self, material: TrustMaterial) {
+        self.aws.store(Arc::new(material.aws));
+        self.azure.replace_trust(material.azure);
+    }
+
+    /// Every trusted certificate, AWS and Azure, built-in, configured and fetched, soonest
+    /// expiry first: what `instauth trust list` prints and the expiry metric exports.
+    pub fn trust_certificates(&self) -> Vec<TrustCertificate> {
+        let mut all = self.aws.load().trust_certificates().to_vec();
+        all.extend(self.azure.trust_certificates());
+        sort_by_expiry(&mut all);
+        all
+    }
+}
+
+/// The trust files of the flags `--aws-certificates`, `--azure-roots` and
+/// `--azure-intermediates`; read at start and again on SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustFiles {
+    /// PEM file or directory of AWS region certificates, adding to / overriding the built-in
+    /// ones.
+    pub aws_certificates: Option<PathBuf>,
+    /// PEM bundle of Azure trust anchors, replacing the built-in ones.
+    pub azure_roots: Option<PathBuf>,
+    /// PEM bundle of extra Azure issuing CAs.
+    pub azure_intermediates: Option<PathBuf>,
+}
+
+/// Trust material read from [`TrustFiles`], for [`Verifiers::replace_trust`].
+#[derive(Debug)]
+pub struct TrustMaterial {
+    /// AWS region certificates (built-in plus configured).
+    pub aws: AwsVerifier,
+    /// Azure roots and issuing CAs (built-in, replaced or extended by the files).
+    pub azure: AzureTrust,
+}
+
+impl TrustFiles {
+    /// Reads every file. Either all of them load or none is used: the error names the file,
+    /// and the line of a bad certificate.
+    pub fn load(&self) -> Result<TrustMaterial, TrustError> {
+        let aws = AwsVerifier::from_config(self.aws_certificates.as_deref())?;
+        let azure = AzureTrust::from_config(
+            self.azure_roots.as_deref(),
+            self.azure_intermediates.as_deref(),
+        )?;
+        Ok(TrustMaterial { aws, azure })
+    }
+}
+
+/// The certificates of `certs` that are still needed (valid at `now`, validity checked) and
+/// expire within [`EXPIRY_WARNING`] of `now`, soonest first; each is logged as a warning
+/// naming it. Returns how many.
+pub fn warn_expiring(certs: &[TrustCertificate], now: chrono::DateTime<chrono::Utc>) -> usize {
+    let within = chrono::Duration::from_std(EXPIRY_WARNING).unwrap_or(chrono::Duration::MAX);
+    let soon = instauth_verify::trust::needed_and_expiring(certs, now, within);
+    for c in &soon {
+        tracing::warn!(
+            provider = c.provider.as_str(),
+            subject = %c.subject,
+            not_after = %c.not_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            source = %c.source,
+            "A trusted certificate that is still needed expires within 30 days: see `instauth trust list`."
+        );
+    }
+    soon.len()
+}
+
+/// How close to its expiry a still-needed trusted certificate is reported (start-up warning,
+/// exit code of `instauth trust list`).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_runs_at_most_size_at_once() {
+        let pool = VerifyPool::new(2, Duration::from_secs(10));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+            tasks.spawn(async move {
+                pool.run(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    // Busy work long enough for the others to pile up behind the permits.
+                    let until = std::time::Instant::now() + Duration::from_millis(20);
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.available(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_is_busy_after_the_wait_and_a_panic_is_a_failure() {
+        let pool = VerifyPool::new(1, Duration::from_millis(50));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(move || held.recv()).await })
+        };
+        // Wait (with a deadline) until the holder has the permit.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.available() > 0 {
+            assert!(std::time::Instant::now() < deadline, "permit never taken");
+            tokio::task::yield_now().await;
+        }
+        let err = pool.run(|| ()).await.unwrap_err();
+        assert!(matches!(err, PoolError::Busy { size: 1, .. }), "{err}");
+        let verify_err = VerifyError::Pool {
+            provider: Provider::Gcp,
+            source: err,
+        };
+        assert!(verify_err.is_unavailable() && !verify_err.is_internal());
+        assert_eq!(verify_err.provider(), Provider::Gcp);
+
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap().unwrap();
+        assert_eq!(pool.run(|| 7).await.unwrap(), 7);
+
+        let err = pool.run(|| panic!("boom")).await.unwrap_err();
+        assert!(matches!(err, PoolError::Failed(_)), "{err}");
+        let verify_err = VerifyError::Pool {
+            provider: Provider::Aws,
+            source: err,
+        };
+        assert!(verify_err.is_internal() && !verify_err.is_unavailable());
+        // The permit came back after the panic.
+        assert_eq!(pool.run(|| 8).await.unwrap(), 8);
+    }
+
+    #[test]
+    fn the_default_pool_has_a_permit_per_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let pool = VerifyPool::default();
+        assert_eq!(pool.size(), cores);
+        assert_eq!(pool.wait(), VerifyPool::DEFAULT_WAIT);
+        assert_eq!(VerifyPool::new(0, Duration::ZERO).size(), 1);
     }
 }

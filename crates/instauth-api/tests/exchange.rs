@@ -42,15 +42,15 @@ fn verifiers(pki: &TestPki) -> Verifiers {
     let azure = instauth_verify_azure::AzureTrust::from_roots_pem(&pki.azure_root_pem()).unwrap();
     let jwks = instauth_verify_gcp::JwkSet::from_json(TestPki::gcp_jwks_json().as_bytes()).unwrap();
     let clock: Arc<dyn instauth_verify::Clock> = Arc::new(instauth_verify::SystemClock);
-    Verifiers {
-        aws: instauth_verify_aws::AwsVerifier::new(certs),
-        azure: instauth_verify_azure::AzureVerifier::new(azure, clock.clone()),
-        gcp: instauth_verify_gcp::GcpVerifier::new(
+    Verifiers::new(
+        instauth_verify_aws::AwsVerifier::new(certs),
+        instauth_verify_azure::AzureVerifier::new(azure, clock.clone()),
+        instauth_verify_gcp::GcpVerifier::new(
             AUDIENCE,
             instauth_verify_gcp::JwksSource::Static(Arc::new(jwks)),
             clock,
         ),
-    }
+    )
 }
 
 async fn start(backend: TestBackend, session_ttl: Duration) -> Srv {

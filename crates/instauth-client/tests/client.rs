@@ -25,18 +25,18 @@ async fn start() -> Server {
         instauth_testkit::TestPki::gcp_jwks_json().as_bytes(),
     )
     .unwrap();
-    let verifiers = Verifiers {
-        aws: instauth_verify_aws::AwsVerifier::new(instauth_verify_aws::AwsCertificates::builtin()),
-        azure: instauth_verify_azure::AzureVerifier::new(
+    let verifiers = Verifiers::new(
+        instauth_verify_aws::AwsVerifier::new(instauth_verify_aws::AwsCertificates::builtin()),
+        instauth_verify_azure::AzureVerifier::new(
             instauth_verify_azure::AzureTrust::builtin(),
             clock.clone(),
         ),
-        gcp: instauth_verify_gcp::GcpVerifier::new(
+        instauth_verify_gcp::GcpVerifier::new(
             "coder",
             instauth_verify_gcp::JwksSource::Static(Arc::new(jwks)),
             clock,
         ),
-    };
+    );
     let (state, _writer) = AppState::new(
         store,
         verifiers,

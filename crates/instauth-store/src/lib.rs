@@ -7,7 +7,8 @@
 //! tests prove the exchange's candidate lookup is a single statement.
 //!
 //! The code is split by concern: [`pool`] (connections, migrations), `builds`, `agents`
-//! (candidates, sessions, heartbeats), `workspaces`, `audit` and `keys`; rows are read into the
+//! (candidates, sessions, heartbeats), `workspaces`, `audit`, `keys` and `aia` (fetched
+//! certificates, stored as opaque bytes); rows are read into the
 //! structs of [`model`], ids and vocabulary values are mapped to and from their text columns in
 //! one place (`text`), and builds are checked by [`validate`] before the store will take them.
 //!
@@ -58,6 +59,7 @@ macro_rules! with_conn {
 }
 
 mod agents;
+mod aia;
 mod audit;
 mod builds;
 pub mod error;
@@ -73,6 +75,7 @@ pub mod text;
 pub mod validate;
 mod workspaces;
 
+pub use aia::{MAX_AIA_DER_LEN, MAX_AIA_URL_LEN};
 pub use error::StoreError;
 pub use instauth_types::{AgentAuth, LifecycleState, Provider};
 pub use keys::SessionKey;

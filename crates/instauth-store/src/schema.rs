@@ -82,6 +82,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    aia_cache (url) {
+        url -> Text,
+        der -> Binary,
+        stored_at -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     workspaces,
     workspace_builds,

@@ -494,6 +494,49 @@ backend_test!(
     }
 );
 
+backend_test!(
+    fetched_issuing_cas_are_kept_by_url_and_replaced,
+    |store| async move {
+        let url = "http://www.microsoft.com/pkiops/certs/x.crt";
+        assert_eq!(store.aia_certificate(url).await.unwrap(), None);
+        store.put_aia_certificate(url, &[0x30, 1]).await.unwrap();
+        store
+            .put_aia_certificate("http://cacerts.digicert.com/y.crt", &[0x30, 3])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.aia_certificate(url).await.unwrap(),
+            Some(vec![0x30, 1])
+        );
+        // A second replica storing the same URL replaces the row, no conflict error.
+        store.put_aia_certificate(url, &[0x30, 2]).await.unwrap();
+        assert_eq!(
+            store.aia_certificates().await.unwrap(),
+            [
+                (
+                    "http://cacerts.digicert.com/y.crt".to_string(),
+                    vec![0x30, 3]
+                ),
+                (url.to_string(), vec![0x30, 2]),
+            ]
+        );
+        // Bounded input is refused before any statement.
+        let long = format!("http://www.microsoft.com/{}", "a".repeat(600));
+        let before = store.queries_total();
+        assert!(matches!(
+            store.aia_certificate(&long).await,
+            Err(StoreError::Validation(_))
+        ));
+        assert!(matches!(
+            store
+                .put_aia_certificate(url, &vec![0; instauth_store::MAX_AIA_DER_LEN + 1])
+                .await,
+            Err(StoreError::Validation(_))
+        ));
+        assert_eq!(store.queries_total(), before);
+    }
+);
+
 /// PostgreSQL tests never skip: an unreachable server fails them with instructions.
 #[tokio::test]
 #[should_panic(expected = "or point the tests at another server with INSTAUTH_TEST_POSTGRES_URL")]

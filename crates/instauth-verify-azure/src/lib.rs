@@ -150,12 +150,13 @@ impl fmt::Debug for AzureVerifier {
     }
 }
 
-/// One verification, to run on a blocking pool ([`AzureJob::run`]). Holds the request; its
-/// `Debug` never shows the proof.
+/// One verification, to run on a blocking pool ([`AzureJob::run`]). Holds the request (shared:
+/// the retry with a fetched issuing CA does not copy it again); its `Debug` never shows the
+/// proof.
 #[derive(Clone)]
 pub struct AzureJob {
     verifier: AzureVerifier,
-    request: AzureInstanceIdentityRequest,
+    request: Arc<AzureInstanceIdentityRequest>,
     fetched: Option<FetchedIssuer>,
 }
 
@@ -282,9 +283,13 @@ impl AzureVerifier {
 
     /// A job verifying `req`, to run on a blocking pool.
     pub fn job(&self, req: &AzureInstanceIdentityRequest) -> AzureJob {
+        self.shared_job(Arc::new(req.clone()))
+    }
+
+    fn shared_job(&self, req: Arc<AzureInstanceIdentityRequest>) -> AzureJob {
         AzureJob {
             verifier: self.clone(),
-            request: req.clone(),
+            request: req,
             fetched: None,
         }
     }
@@ -304,6 +309,22 @@ impl AzureVerifier {
         &self,
         req: &AzureInstanceIdentityRequest,
         aia: Option<&AiaFetcher>,
+        run_sync: F,
+    ) -> Result<Verified<Identity>, E>
+    where
+        F: FnMut(AzureJob) -> Fut,
+        Fut: Future<Output = Result<Result<Verified<Identity>, AzureError>, E>>,
+        E: From<AzureError>,
+    {
+        self.verify_owned_with_aia(req.clone(), aia, run_sync).await
+    }
+
+    /// [`AzureVerifier::verify_with_aia`] taking the request by value, so that it reaches the
+    /// blocking pool uncopied.
+    pub async fn verify_owned_with_aia<F, Fut, E>(
+        &self,
+        req: AzureInstanceIdentityRequest,
+        aia: Option<&AiaFetcher>,
         mut run_sync: F,
     ) -> Result<Verified<Identity>, E>
     where
@@ -311,7 +332,8 @@ impl AzureVerifier {
         Fut: Future<Output = Result<Result<Verified<Identity>, AzureError>, E>>,
         E: From<AzureError>,
     {
-        let first = run_sync(self.job(req)).await?;
+        let req = Arc::new(req);
+        let first = run_sync(self.shared_job(req.clone())).await?;
         let (missing, fetcher) = match (first, aia) {
             (Err(AzureError::UnknownIssuer(missing)), Some(fetcher)) => (missing, fetcher),
             (other, _) => return other.map_err(E::from),
@@ -321,7 +343,7 @@ impl AzureVerifier {
             .await
             .map_err(|e| E::from(AzureError::Aia(e)))?;
         let url = fetched.url.clone();
-        let second = run_sync(self.job(req).with_fetched(fetched)).await?;
+        let second = run_sync(self.shared_job(req).with_fetched(fetched)).await?;
         if let Some(der) = self.admitted_from(&url) {
             fetcher.remember(&url, &der).await;
         }

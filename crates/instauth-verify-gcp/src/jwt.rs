@@ -88,6 +88,16 @@ pub enum GcpError {
     NotComputeEngine,
 }
 
+impl GcpError {
+    /// A temporary failure: Google's keys could not be fetched (unreachable, error status,
+    /// unusable answer) and none are cached, so the proof may be good; the API answers 503
+    /// with `Retry-After` rather than 401. Only a remote JWKS fails this way (a JWKS file is
+    /// read when the verifier is built).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, GcpError::Jwks(_))
+    }
+}
+
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
@@ -116,19 +126,20 @@ struct Header {
     crit: Option<serde_json::Value>,
 }
 
-/// A JWT split and its header read, signature NOT yet checked.
-#[derive(Debug)]
-pub struct UnverifiedJwt<'t> {
-    signing_input: &'t str,
-    payload_b64: &'t str,
+/// The parts of a compact JWS, as offsets into its text, with the header checked.
+struct Parts {
+    /// `header.payload`: the bytes the signature covers.
+    signing_input_len: usize,
+    /// Where the base64url payload is.
+    payload: std::ops::Range<usize>,
     signature: Vec<u8>,
     kid: String,
 }
 
-impl<'t> UnverifiedJwt<'t> {
+impl Parts {
     /// Splits a compact JWS and checks its header: `alg` must be `RS256`, `kid` present, no
     /// `crit` extensions.
-    pub fn parse(token: &'t str) -> Result<Self, GcpError> {
+    fn parse(token: &str) -> Result<Self, GcpError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(GcpError::Malformed {
                 reason: format!("longer than {MAX_TOKEN_LEN} bytes"),
@@ -159,32 +170,102 @@ impl<'t> UnverifiedJwt<'t> {
             .filter(|k| !k.is_empty())
             .ok_or(GcpError::MissingKid)?;
         let signature = b64url(sig_b64, "signature")?;
-        let signing_input_len = header_b64.len() + 1 + payload_b64.len();
-        let signing_input = token.get(..signing_input_len).ok_or(GcpError::Malformed {
-            reason: "bad part boundaries".into(),
-        })?;
-        Ok(UnverifiedJwt {
-            signing_input,
-            payload_b64,
+        let payload_start = header_b64.len() + 1;
+        let signing_input_len = payload_start + payload_b64.len();
+        Ok(Parts {
+            signing_input_len,
+            payload: payload_start..signing_input_len,
             signature,
             kid,
         })
     }
 
+    /// Checks the RS256 signature over `token` (the text these parts were read from) with
+    /// `key`, then parses the claims.
+    fn verify_signature(self, token: &str, key: &RsaJwk) -> Result<SignedClaims, GcpError> {
+        let bad_boundaries = || GcpError::Malformed {
+            reason: "bad part boundaries".into(),
+        };
+        let signing_input = token
+            .get(..self.signing_input_len)
+            .ok_or_else(bad_boundaries)?;
+        let payload_b64 = token.get(self.payload.clone()).ok_or_else(bad_boundaries)?;
+        key.verify_rs256(signing_input.as_bytes(), &self.signature)
+            .map_err(|()| GcpError::BadSignature {
+                kid: truncate(&self.kid, 64),
+            })?;
+        let payload = b64url(payload_b64, "payload")?;
+        let claims: Claims = json(&payload, "claims")?;
+        Ok(SignedClaims { claims })
+    }
+}
+
+/// A JWT split and its header read, signature NOT yet checked. Its `Debug` shows the `kid`
+/// only.
+pub struct UnverifiedJwt<'t> {
+    token: &'t str,
+    parts: Parts,
+}
+
+impl std::fmt::Debug for UnverifiedJwt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedJwt")
+            .field("kid", &self.parts.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'t> UnverifiedJwt<'t> {
+    /// Splits a compact JWS and checks its header: `alg` must be `RS256`, `kid` present, no
+    /// `crit` extensions.
+    pub fn parse(token: &'t str) -> Result<Self, GcpError> {
+        Ok(UnverifiedJwt {
+            parts: Parts::parse(token)?,
+            token,
+        })
+    }
+
     /// The `kid` header.
     pub fn kid(&self) -> &str {
-        &self.kid
+        &self.parts.kid
     }
 
     /// Checks the RS256 signature with `key`, then parses the claims.
     pub fn verify_signature(self, key: &RsaJwk) -> Result<SignedClaims, GcpError> {
-        key.verify_rs256(self.signing_input.as_bytes(), &self.signature)
-            .map_err(|()| GcpError::BadSignature {
-                kid: truncate(&self.kid, 64),
-            })?;
-        let payload = b64url(self.payload_b64, "payload")?;
-        let claims: Claims = json(&payload, "claims")?;
-        Ok(SignedClaims { claims })
+        self.parts.verify_signature(self.token, key)
+    }
+}
+
+/// [`UnverifiedJwt`] owning its text, so that it can be sent to another thread (the server
+/// checks signatures on a blocking pool). Its `Debug` shows the `kid` only.
+pub struct OwnedJwt {
+    token: String,
+    parts: Parts,
+}
+
+impl std::fmt::Debug for OwnedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedJwt")
+            .field("kid", &self.parts.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OwnedJwt {
+    /// As [`UnverifiedJwt::parse`], keeping `token`.
+    pub fn parse(token: String) -> Result<Self, GcpError> {
+        let parts = Parts::parse(&token)?;
+        Ok(OwnedJwt { token, parts })
+    }
+
+    /// The `kid` header.
+    pub fn kid(&self) -> &str {
+        &self.parts.kid
+    }
+
+    /// Checks the RS256 signature with `key`, then parses the claims.
+    pub fn verify_signature(self, key: &RsaJwk) -> Result<SignedClaims, GcpError> {
+        self.parts.verify_signature(&self.token, key)
     }
 }
 

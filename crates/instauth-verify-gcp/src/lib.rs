@@ -15,6 +15,15 @@
 //! Keys come from a JWKS file or URL ([`JwksSource`]); a URL is cached for its
 //! `Cache-Control: max-age`, refetched (at most once per [`MIN_REFETCH_INTERVAL`]) when a token
 //! names an unknown `kid`, and the last good set is kept when a refresh fails.
+//!
+//! # Running it
+//!
+//! [`GcpVerifier::verify`] does it all. A server splits it so that no CPU-bound work runs on
+//! the threads that serve HTTP and no blocking-pool slot waits on the network:
+//! [`GcpVerifier::prepare`] (async: parses the token and obtains its key, fetching the JWKS if
+//! need be) then [`GcpVerifier::finish`] (synchronous: the RS256 signature and the claims), run
+//! on a blocking pool. A JWKS that cannot be fetched while none is cached is
+//! [`GcpError::is_unavailable`]: try again later, the proof may be good.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,8 +34,9 @@ use instauth_verify::{Clock, Identity, Verified};
 pub mod jwks;
 pub mod jwt;
 
+pub use jwks::RsaJwk;
 pub use jwks::{JwkSet, JwksError, JwksSource, RemoteJwks, MIN_REFETCH_INTERVAL};
-pub use jwt::{GcpError, LEEWAY_SECONDS};
+pub use jwt::{GcpError, OwnedJwt, LEEWAY_SECONDS};
 
 /// Google's JWKS for identity tokens (the `--google-jwks-url` default).
 pub const DEFAULT_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
@@ -85,5 +95,47 @@ impl GcpVerifier {
         let key = self.jwks.key(unverified.kid()).await?;
         let claims = unverified.verify_signature(&key)?;
         claims.check(&self.audience, self.clock.now())
+    }
+
+    /// The first half of [`GcpVerifier::verify`]: parses the token (header checks: `alg`,
+    /// `kid`) and obtains its key, fetching the JWKS when needed. No signature work. Takes the
+    /// request by value so that the token moves on to [`GcpVerifier::finish`] uncopied.
+    pub async fn prepare(
+        &self,
+        req: GoogleInstanceIdentityRequest,
+    ) -> Result<PreparedToken, GcpError> {
+        let mut token = req.json_web_token;
+        if token.trim().len() != token.len() {
+            token = token.trim().to_owned();
+        }
+        if token.is_empty() {
+            return Err(GcpError::MissingProof);
+        }
+        let jwt = OwnedJwt::parse(token)?;
+        let key = self.jwks.key(jwt.kid()).await?;
+        Ok(PreparedToken { jwt, key })
+    }
+
+    /// The second half of [`GcpVerifier::verify`]: the RS256 signature, then `iss`, `aud` and
+    /// the times at the clock's time. Synchronous CPU work, for a blocking pool.
+    pub fn finish(&self, prepared: PreparedToken) -> Result<Verified<Identity>, GcpError> {
+        let claims = prepared.jwt.verify_signature(&prepared.key)?;
+        claims.check(&self.audience, self.clock.now())
+    }
+}
+
+/// A token whose header is checked and whose key is at hand, signature NOT yet checked: the
+/// output of [`GcpVerifier::prepare`], for [`GcpVerifier::finish`]. Its `Debug` shows the
+/// `kid` only.
+pub struct PreparedToken {
+    jwt: OwnedJwt,
+    key: Arc<RsaJwk>,
+}
+
+impl std::fmt::Debug for PreparedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedToken")
+            .field("kid", &self.jwt.kid())
+            .finish_non_exhaustive()
     }
 }

@@ -115,3 +115,40 @@ async fn no_keys_at_all_is_an_error_not_a_panic() {
     clock.advance(Duration::seconds(61));
     v.verify(&t).await.unwrap();
 }
+
+#[tokio::test]
+async fn prepare_then_finish_is_verify_in_two_halves() {
+    let pki = TestPki::new();
+    let server = JwksServer::start(String::new(), None).await;
+    server.fail_with(503);
+    let clock = Arc::new(FixedClock::new(pki.now));
+    let v = GcpVerifier::from_config(server.url(), AUD, clock.clone()).unwrap();
+    let t = token(&pki, GCP_KID_1, TestKey::Gcp1);
+
+    // Keys unreachable and none cached: a temporary failure, found before any signature work.
+    let err = v.prepare(t.clone()).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    // A bad proof is not one.
+    let bad = GoogleInstanceIdentityRequest {
+        json_web_token: "x.y.z".into(),
+        agent_name: None,
+    };
+    assert!(!v.prepare(bad).await.unwrap_err().is_unavailable());
+
+    server.set_body(TestPki::gcp_jwks_json(), Some(300));
+    clock.advance(Duration::seconds(61));
+    // Surrounding white space is trimmed, as by `verify`.
+    let mut padded = t.clone();
+    padded.json_web_token = format!("  {}\n", t.json_web_token);
+    let prepared = v.prepare(padded).await.unwrap();
+    assert!(!format!("{prepared:?}").contains(&t.json_web_token[..20]));
+    let id = v.finish(prepared).unwrap();
+    assert_eq!(id.instance_id(), "4242");
+
+    // A signature made with another key fails in `finish`, not in `prepare`.
+    let forged = token(&pki, GCP_KID_1, TestKey::Gcp2);
+    let prepared = v.prepare(forged).await.unwrap();
+    let err = v.finish(prepared).unwrap_err();
+    assert!(matches!(err, GcpError::BadSignature { .. }), "{err}");
+    assert!(!err.is_unavailable());
+}
