@@ -88,8 +88,8 @@ fn example(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_gives_503s_recovers_and_loses_no_audit_record() {
+/// A test database, a proxy to its server, and the database's URL through the proxy.
+async fn proxied_database() -> (TestDb, Proxy, String) {
     let db = TestDb::postgres().await;
     let DatabaseConfig::Postgres { url } = db.config.clone() else {
         unreachable!()
@@ -103,8 +103,70 @@ async fn postgres_outage_gives_503s_recovers_and_loses_no_audit_record() {
         .unwrap()
         .next()
         .unwrap();
-    let mut proxy = Proxy::start(upstream).await;
+    let proxy = Proxy::start(upstream).await;
     let via_proxy = url.replacen(&host_port, &proxy.addr.to_string(), 1);
+    (db, proxy, via_proxy)
+}
+
+/// Polls `f` until it holds; fails after 10 s.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}: not after 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_drops_the_liveness_cache() {
+    // Store `a` reaches PostgreSQL through the proxy (its pool and its LISTEN connection);
+    // `b` directly, like another replica that keeps running through a's outage.
+    let (db, mut proxy, via_proxy) = proxied_database().await;
+    let b = db.store().await;
+    let a = Store::connect(DatabaseConfig::Postgres { url: via_proxy }).await.unwrap();
+    let build = serde_json::from_value(serde_json::json!({"resources": [{"name": "vm",
+        "type": "aws_instance", "agents": [{"name": "main", "auth": "aws-instance-identity",
+        "instance_id": "i-1"}]}]}))
+    .unwrap();
+    let valid = instauth_store::validate_build("ws", build).unwrap();
+    let id = b.create_build(&valid).await.unwrap().agents[0].id;
+    eventually("a caches the agent", || {
+        let a = a.clone();
+        async move {
+            let hits = a.liveness_stats().hits;
+            a.session_live(id, 0).await.unwrap() && a.liveness_stats().hits > hits
+        }
+    })
+    .await;
+
+    proxy.cut();
+    eventually("a notices its listener is gone", || {
+        let a = a.clone();
+        async move { !a.liveness_stats().active }
+    })
+    .await;
+    // Revoked while a cannot hear about it.
+    assert!(b.revoke_agent_sessions(id).await.unwrap());
+    assert!(a.session_live(id, 0).await.is_err(), "no database: no answer");
+    proxy.restore().await;
+    eventually("a listens again", || {
+        let a = a.clone();
+        async move { a.liveness_stats().active }
+    })
+    .await;
+    // The notification was lost with the connection; the cache was dropped, so a reads again
+    // (a pooled connection broken by the cut may fail once first).
+    eventually("a refuses the revoked generation", || {
+        let a = a.clone();
+        async move { matches!(a.session_live(id, 0).await, Ok(false)) }
+    })
+    .await;
+    assert!(a.session_live(id, 1).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_gives_503s_recovers_and_loses_no_audit_record() {
+    let (db, mut proxy, via_proxy) = proxied_database().await;
 
     let home = tempfile::tempdir().unwrap();
     let token_file = home.path().join("admin-token");

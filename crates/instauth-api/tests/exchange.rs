@@ -25,7 +25,8 @@ struct Srv {
     http: reqwest::Client,
     pki: Arc<TestPki>,
     state: AppState,
-    _db: TestDb,
+    /// The database, owned by the first replica started on it.
+    _db: Option<TestDb>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -56,6 +57,11 @@ fn verifiers(pki: &TestPki) -> Verifiers {
 async fn start(backend: TestBackend, session_ttl: Duration) -> Srv {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
+    start_on(store, Some(db), session_ttl).await
+}
+
+/// A server (a replica) on `store`'s database.
+async fn start_on(store: Store, db: Option<TestDb>, session_ttl: Duration) -> Srv {
     let pki = pki();
     let (state, _writer) = AppState::new(
         store,
@@ -94,6 +100,13 @@ async fn start(backend: TestBackend, session_ttl: Duration) -> Srv {
 impl Srv {
     fn store(&self) -> &Store {
         self.state.store()
+    }
+
+    /// A second server process on the same database: its own store (pool, liveness cache,
+    /// heartbeat writer) and its own HTTP listener, as another replica would have.
+    async fn replica(&self) -> Srv {
+        let store = Store::open(self.store().config().clone()).await.unwrap();
+        start_on(store, None, Duration::from_secs(3600)).await
     }
 
     async fn admin(
@@ -993,3 +1006,116 @@ async fn audit_records_past_the_retention_are_deleted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+impl Srv {
+    /// Heartbeats until this replica answers them from its liveness cache (its watch of the
+    /// database is running and the agent's entry is cached), then proves one more is a hit.
+    async fn warm(&self, token: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert_eq!(self.heartbeat(token, "ready").await, 204);
+            let before = self.store().liveness_stats();
+            if before.active {
+                assert_eq!(self.heartbeat(token, "ready").await, 204);
+                if self.store().liveness_stats().hits > before.hits {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the liveness cache never answered: {before:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Heartbeats until one is refused; fails unless that happens within a second.
+    async fn refused_within_a_second(&self, token: &str, what: &str) {
+        let start = std::time::Instant::now();
+        while self.heartbeat(token, "ready").await != 401 {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{what}: the second replica still accepts the session after 1 s"
+            );
+        }
+    }
+}
+
+server_test!(
+    revocations_reach_a_second_replica_within_a_second,
+    |srv| async move {
+        let other = srv.replica().await;
+        let created = srv.build("ws", &[("main", "i-1", None)]).await;
+        let id = created["agents"][0]["id"].as_str().unwrap().to_owned();
+
+        // Sessions revoked on one replica: 401 there at once, on the other within 1 s.
+        let token = srv.token("i-1", None).await;
+        srv.warm(&token).await;
+        other.warm(&token).await;
+        let path = format!("/api/v2/workspaceagents/{id}/sessions");
+        assert_eq!(srv.admin(reqwest::Method::DELETE, &path, None).await.0, 204);
+        assert_eq!(srv.heartbeat(&token, "ready").await, 401);
+        other.refused_within_a_second(&token, "revoked").await;
+
+        // A new build made on the other replica.
+        let token = srv.token("i-1", None).await;
+        srv.warm(&token).await;
+        other.warm(&token).await;
+        let created = other.build("ws", &[("main", "i-1", None)]).await;
+        assert_eq!(other.heartbeat(&token, "ready").await, 401);
+        srv.refused_within_a_second(&token, "new build").await;
+
+        // An agent key reset.
+        let token = srv.token("i-1", None).await;
+        srv.warm(&token).await;
+        other.warm(&token).await;
+        let (status, body) = srv
+            .admin(
+                reqwest::Method::DELETE,
+                "/api/v2/workspaces/ws/agents/main/key",
+                None,
+            )
+            .await;
+        assert!(status == 204 || status == 200, "{status} {body}");
+        assert_eq!(srv.heartbeat(&token, "ready").await, 401);
+        other.refused_within_a_second(&token, "key reset").await;
+
+        // The workspace deleted.
+        let token = srv.token("i-1", None).await;
+        srv.warm(&token).await;
+        other.warm(&token).await;
+        let (status, _) = other
+            .admin(reqwest::Method::DELETE, "/api/v2/workspaces/ws", None)
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(other.heartbeat(&token, "ready").await, 401);
+        srv.refused_within_a_second(&token, "workspace deleted").await;
+        let _ = created;
+    }
+);
+
+server_test!(
+    a_heartbeat_is_recorded_when_it_is_answered,
+    |srv| async move {
+        let other = srv.replica().await;
+        srv.build("ws", &[("main", "i-1", None)]).await;
+        let token = srv.token("i-1", None).await;
+        async fn lifecycle(srv: &Srv) -> Value {
+            let (_, ws) = srv
+                .admin(reqwest::Method::GET, "/api/v2/workspaces/ws", None)
+                .await;
+            ws["agents"][0]["lifecycle_state"].clone()
+        }
+        for (on, state) in [
+            (&srv, "starting"),
+            (&other, "ready"),
+            (&srv, "shutting_down"),
+            (&other, "off"),
+        ] {
+            assert_eq!(on.heartbeat(&token, state).await, 204);
+            // Right after the 204, on either replica: the batch carrying it has committed.
+            assert_eq!(lifecycle(&srv).await, state);
+            assert_eq!(lifecycle(&other).await, state);
+        }
+    }
+);

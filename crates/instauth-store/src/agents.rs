@@ -4,12 +4,13 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use instauth_types::{AgentAuth, LifecycleState};
+use instauth_types::AgentAuth;
 use uuid::Uuid;
 
+use crate::liveness::{CacheStats, Live};
 use crate::model::{AgentContext, Candidate};
 use crate::schema::{workspace_agents, workspace_builds, workspace_resources, workspaces};
-use crate::text::text;
+use crate::text::{text, Textual};
 use crate::{now, Result, Store};
 
 /// Live agents with their resource, in the latest build of a live workspace: what both the
@@ -157,7 +158,7 @@ impl Store {
                 .filter(workspaces::name.eq(workspace))
                 .filter(workspaces::deleted_at.is_null())
                 .select(workspaces::latest_build_id);
-            let n = diesel::update(
+            let changed: Vec<Textual<Uuid>> = diesel::update(
                 workspace_agents::table
                     .filter(workspace_agents::name.eq(agent))
                     .filter(workspace_agents::deleted_at.is_null())
@@ -168,10 +169,12 @@ impl Store {
                 workspace_agents::agent_key_bound_at.eq(None::<NaiveDateTime>),
                 workspace_agents::session_generation.eq(workspace_agents::session_generation + 1),
             ))
-            .execute(conn)
+            .returning(workspace_agents::workspace_id)
+            .get_results(conn)
             .await?;
-            Ok(n > 0)
+            Ok(changed.into_iter().next().map(|w| w.0))
         })
+        .map(|ws| self.invalidated(ws).is_some())
     }
 
     /// The agent a static agent token (by hash) belongs to, if it is live. One statement.
@@ -206,35 +209,101 @@ impl Store {
     /// false if the agent does not exist.
     pub async fn revoke_agent_sessions(&self, agent_id: Uuid) -> Result<bool> {
         with_conn!(self, |conn| {
-            let n = diesel::update(workspace_agents::table.find(text(agent_id)))
-                .set(
-                    workspace_agents::session_generation
-                        .eq(workspace_agents::session_generation + 1),
-                )
-                .execute(conn)
-                .await?;
-            Ok(n > 0)
+            let ws: Option<Textual<Uuid>> =
+                diesel::update(workspace_agents::table.find(text(agent_id)))
+                    .set(
+                        workspace_agents::session_generation
+                            .eq(workspace_agents::session_generation + 1),
+                    )
+                    .returning(workspace_agents::workspace_id)
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+            Ok(ws.map(|w| w.0))
         })
+        .map(|ws| self.invalidated(ws).is_some())
     }
 
-    /// Records a heartbeat: lifecycle state, first (once) and last connection time.
-    pub async fn record_heartbeat(
-        &self,
-        agent_id: Uuid,
-        state: LifecycleState,
-        at: NaiveDateTime,
-    ) -> Result<bool> {
-        with_conn!(self, |conn| {
-            let n = diesel::update(workspace_agents::table.find(text(agent_id)))
-                .set((
-                    workspace_agents::lifecycle_state.eq(text(state)),
-                    workspace_agents::first_connected_at
-                        .eq(coalesce(workspace_agents::first_connected_at, Some(at))),
-                    workspace_agents::last_connected_at.eq(at),
+    /// Voids what this process cached about `workspace`'s agents (other processes learn of the
+    /// change from the database: migration `liveness`). Returns its argument.
+    pub(crate) fn invalidated(&self, workspace: Option<Uuid>) -> Option<Uuid> {
+        if let Some(ws) = workspace {
+            self.inner.liveness.invalidate(ws);
+        }
+        workspace
+    }
+
+    /// Whether the agent named by a signed session token at `generation` may use it now: live,
+    /// in the latest build of a live workspace, at that session generation. Answered from the
+    /// liveness cache; a miss is one primary-key read, whose answer is cached.
+    pub async fn session_live(&self, agent_id: Uuid, generation: i32) -> Result<bool> {
+        Ok(self
+            .live_agent(agent_id)
+            .await?
+            .is_some_and(|l| l.session_generation == generation))
+    }
+
+    /// The liveness of `agent_id` (cache, else one read).
+    pub async fn live_agent(&self, agent_id: Uuid) -> Result<Option<Live>> {
+        let cache = &self.inner.liveness;
+        crate::liveness::start_watch(cache, &self.inner.config);
+        if let Some(l) = cache.agent(agent_id) {
+            return Ok(Some(l));
+        }
+        cache.miss();
+        let read_at = cache.begin_read();
+        let row: Option<(Textual<Uuid>, i32)> = with_conn!(self, |conn| {
+            live_agents!()
+                .filter(workspace_agents::id.eq(text(agent_id)))
+                .select((workspaces::id, workspace_agents::session_generation))
+                .first(conn)
+                .await
+                .optional()?
+        });
+        Ok(row.map(|(ws, generation)| {
+            let live = Live {
+                workspace_id: ws.0,
+                session_generation: generation,
+            };
+            cache.insert(agent_id, live, read_at, None);
+            live
+        }))
+    }
+
+    /// The live agent a static agent token (by its SHA-256) belongs to: from the liveness
+    /// cache, else one read by the token index, whose answer is cached.
+    pub async fn token_live(&self, token_hash: &[u8; 32]) -> Result<Option<Uuid>> {
+        let cache = &self.inner.liveness;
+        crate::liveness::start_watch(cache, &self.inner.config);
+        if let Some((agent, _)) = cache.token(token_hash) {
+            return Ok(Some(agent));
+        }
+        cache.miss();
+        let read_at = cache.begin_read();
+        let row: Option<(Textual<Uuid>, Textual<Uuid>, i32)> = with_conn!(self, |conn| {
+            live_agents!()
+                .filter(workspace_agents::auth_token_hash.eq(&token_hash[..]))
+                .select((
+                    workspace_agents::id,
+                    workspaces::id,
+                    workspace_agents::session_generation,
                 ))
-                .execute(conn)
-                .await?;
-            Ok(n > 0)
-        })
+                .first(conn)
+                .await
+                .optional()?
+        });
+        Ok(row.map(|(agent, ws, generation)| {
+            let live = Live {
+                workspace_id: ws.0,
+                session_generation: generation,
+            };
+            cache.insert(agent.0, live, read_at, Some(*token_hash));
+            agent.0
+        }))
+    }
+
+    /// The liveness cache's counters.
+    pub fn liveness_stats(&self) -> CacheStats {
+        self.inner.liveness.stats()
     }
 }

@@ -141,10 +141,12 @@ impl Store {
     pub async fn create_build(&self, build: &ValidBuild) -> Result<CreatedBuild> {
         // Two first builds of a new workspace can race on the unique name; the loser retries
         // once and then finds the winner's row.
-        match self.create_build_once(build).await {
+        let created = match self.create_build_once(build).await {
             Err(e) if is_unique_violation(&e) => self.create_build_once(build).await,
             other => other,
-        }
+        }?;
+        self.invalidated(Some(created.workspace_id));
+        Ok(created)
     }
 
     async fn create_build_once(&self, build: &ValidBuild) -> Result<CreatedBuild> {

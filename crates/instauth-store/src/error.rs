@@ -18,6 +18,9 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// A write shared with other requests (a heartbeat batch) failed with this database error.
+    #[error("database error: {0}")]
+    Batch(String),
     /// A stored value could not be read back (for example a malformed id).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),

@@ -65,7 +65,9 @@ mod builds;
 pub mod error;
 pub mod files;
 mod insert;
+mod heartbeats;
 mod keys;
+pub mod liveness;
 pub mod model;
 pub mod pool;
 pub mod schema;
@@ -79,6 +81,7 @@ pub use aia::{MAX_AIA_DER_LEN, MAX_AIA_URL_LEN};
 pub use error::StoreError;
 pub use instauth_types::{AgentAuth, LifecycleState, Provider};
 pub use keys::SessionKey;
+pub use liveness::{CacheStats, Live};
 pub use model::*;
 pub use pool::DatabaseConfig;
 pub use validate::{validate_build, ValidAgent, ValidBuild};
@@ -97,6 +100,8 @@ struct Inner {
     backend: Backend,
     config: DatabaseConfig,
     queries: Arc<AtomicU64>,
+    liveness: Arc<liveness::Liveness>,
+    heartbeats: heartbeats::Queue,
 }
 
 /// The store: a pooled connection to one database, cheap to clone.

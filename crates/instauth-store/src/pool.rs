@@ -178,6 +178,10 @@ impl Store {
                 backend,
                 config,
                 queries,
+                liveness: Arc::new(crate::liveness::Liveness::new(
+                    crate::liveness::DEFAULT_CAPACITY,
+                )),
+                heartbeats: crate::heartbeats::Queue::default(),
             }),
         })
     }

@@ -187,7 +187,7 @@ impl Store {
     pub async fn delete_workspace(&self, name: &str) -> Result<bool> {
         let at = now();
         with_conn!(self, |conn| {
-            conn.transaction::<_, StoreError, _>(async |conn| {
+            conn.transaction::<Option<Uuid>, StoreError, _>(async |conn| {
                 let id: Option<Textual<Uuid>> = diesel::update(
                     workspaces::table
                         .filter(workspaces::name.eq(name))
@@ -198,7 +198,7 @@ impl Store {
                 .get_result(conn)
                 .await
                 .optional()?;
-                let Some(id) = id else { return Ok(false) };
+                let Some(id) = id else { return Ok(None) };
                 diesel::update(
                     workspace_agents::table
                         .filter(workspace_agents::workspace_id.eq(id))
@@ -207,9 +207,10 @@ impl Store {
                 .set(workspace_agents::deleted_at.eq(at))
                 .execute(conn)
                 .await?;
-                Ok(true)
+                Ok(Some(id.0))
             })
             .await
         })
+        .map(|deleted| self.invalidated(deleted).is_some())
     }
 }
