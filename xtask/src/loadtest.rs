@@ -376,6 +376,14 @@ fn run_one(
         .rt
         .block_on(seed::exchange_all(&ctx.client, &srv.url, bodies))?;
     let tokens_s = started.elapsed().as_secs_f64();
+    // Steady state: every agent of a running fleet has heartbeated before (the server's
+    // liveness cache knows it). Only a restarted server meets each agent once, uncached.
+    step(&format!(
+        "one heartbeat per session token ({})",
+        tokens.len()
+    ));
+    ctx.rt
+        .block_on(seed::heartbeat_all(&ctx.client, &srv.url, &tokens))?;
     let tokens_file = dir.path().join("session-tokens.txt");
     std::fs::write(&tokens_file, tokens.join("\n")).context("writing the session tokens")?;
     let script = wrk::write_script(dir.path())?;

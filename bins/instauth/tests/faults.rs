@@ -123,7 +123,9 @@ async fn a_lost_listener_drops_the_liveness_cache() {
     // `b` directly, like another replica that keeps running through a's outage.
     let (db, mut proxy, via_proxy) = proxied_database().await;
     let b = db.store().await;
-    let a = Store::connect(DatabaseConfig::Postgres { url: via_proxy }).await.unwrap();
+    let a = Store::connect(DatabaseConfig::Postgres { url: via_proxy })
+        .await
+        .unwrap();
     let build = serde_json::from_value(serde_json::json!({"resources": [{"name": "vm",
         "type": "aws_instance", "agents": [{"name": "main", "auth": "aws-instance-identity",
         "instance_id": "i-1"}]}]}))
@@ -147,7 +149,10 @@ async fn a_lost_listener_drops_the_liveness_cache() {
     .await;
     // Revoked while a cannot hear about it.
     assert!(b.revoke_agent_sessions(id).await.unwrap());
-    assert!(a.session_live(id, 0).await.is_err(), "no database: no answer");
+    assert!(
+        a.session_live(id, 0).await.is_err(),
+        "no database: no answer"
+    );
     proxy.restore().await;
     eventually("a listens again", || {
         let a = a.clone();

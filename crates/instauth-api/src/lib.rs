@@ -149,7 +149,7 @@ impl AppState {
         })?;
         let audit_store = store.sibling(2).await?;
         let counted = store.clone();
-        let metrics = Arc::new(metrics::Metrics::new(move || counted.queries_total()));
+        let metrics = Arc::new(metrics::Metrics::new(move || (&counted).into()));
         let (sink, writer) = audit::start(audit_store.clone(), {
             let metrics = metrics.clone();
             move || metrics.audit_dropped()

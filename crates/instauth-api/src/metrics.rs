@@ -3,7 +3,9 @@
 //!
 //! Series: `instauth_exchanges_total{provider,outcome}`,
 //! `instauth_exchange_duration_seconds{provider}` (histogram), `instauth_db_queries_total`
-//! (read from the store at scrape time), `instauth_heartbeats_total`,
+//! (read from the store at scrape time, with `instauth_heartbeat_batches_total` and the session
+//! liveness cache's `instauth_session_cache_{hits,misses,invalidations,resets}_total`,
+//! `instauth_session_cache_{entries,bytes,active}`), `instauth_heartbeats_total`,
 //! `instauth_audit_records_dropped_total` (also under its first name,
 //! `instauth_audit_dropped_total`, so existing dashboards keep working) and
 //! `instauth_trust_certificate_expiry_timestamp_seconds{provider,subject}`.
@@ -47,26 +49,97 @@ struct CertificateLabels {
     subject: String,
 }
 
-/// `instauth_db_queries_total`: the store counts statements itself, so the value is read when
-/// scraped rather than mirrored into a second counter on every statement.
-struct DbQueries(Box<dyn Fn() -> u64 + Send + Sync>);
+/// What the store counts itself, read when scraped rather than mirrored into a second set of
+/// counters on every statement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// SQL statements sent (`instauth_db_queries_total`).
+    pub queries: u64,
+    /// Heartbeat statements, one per group-committed batch.
+    pub heartbeat_batches: u64,
+    /// The session liveness cache.
+    pub cache: instauth_store::CacheStats,
+}
 
-impl std::fmt::Debug for DbQueries {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DbQueries")
+impl From<&instauth_store::Store> for StoreCounters {
+    fn from(store: &instauth_store::Store) -> Self {
+        StoreCounters {
+            queries: store.queries_total(),
+            heartbeat_batches: store.heartbeat_batches(),
+            cache: store.liveness_stats(),
+        }
     }
 }
 
-impl Collector for DbQueries {
+struct StoreSeries(Box<dyn Fn() -> StoreCounters + Send + Sync>);
+
+impl std::fmt::Debug for StoreSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreSeries")
+    }
+}
+
+impl Collector for StoreSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let counter = ConstCounter::new((self.0)());
-        let metric = encoder.encode_descriptor(
-            "instauth_db_queries",
-            "SQL statements sent to the database.",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(metric)
+        let c = (self.0)();
+        let counters = [
+            ("instauth_db_queries", "SQL statements sent to the database.", c.queries),
+            (
+                "instauth_heartbeat_batches",
+                "Heartbeat statements (one per group-committed batch).",
+                c.heartbeat_batches,
+            ),
+            (
+                "instauth_session_cache_hits",
+                "Session checks answered from the liveness cache.",
+                c.cache.hits,
+            ),
+            (
+                "instauth_session_cache_misses",
+                "Session checks that read the database.",
+                c.cache.misses,
+            ),
+            (
+                "instauth_session_cache_invalidations",
+                "Workspaces whose cached agents were invalidated.",
+                c.cache.invalidations,
+            ),
+            (
+                "instauth_session_cache_resets",
+                "Times the whole liveness cache was dropped (its database watch lost or restarted).",
+                c.cache.resets,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let gauges = [
+            (
+                "instauth_session_cache_entries",
+                "Agents in the liveness cache.",
+                c.cache.entries,
+            ),
+            (
+                "instauth_session_cache_bytes",
+                "Bytes held by the liveness cache's tables.",
+                c.cache.bytes,
+            ),
+            (
+                "instauth_session_cache_active",
+                "1 while the liveness cache is in use (its database watch runs), else 0.",
+                u64::from(c.cache.active),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = prometheus_client::metrics::gauge::ConstGauge::new(
+                i64::try_from(value).unwrap_or(i64::MAX),
+            );
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
     }
 }
 
@@ -85,8 +158,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every series; `db_queries` returns the store's statement count when scraped.
-    pub fn new(db_queries: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+    /// Registers every series; `store` returns the store's own counters when scraped.
+    pub fn new(store: impl Fn() -> StoreCounters + Send + Sync + 'static) -> Self {
         let exchanges = Family::<ExchangeLabels, Counter>::default();
         let duration_family = Family::<ProviderLabel, Histogram, _>::new_with_constructor(
             (|| Histogram::new(BUCKETS)) as fn() -> Histogram,
@@ -112,7 +185,7 @@ impl Metrics {
             "Time to answer a token exchange",
             duration_family,
         );
-        registry.register_collector(Box::new(DbQueries(Box::new(db_queries))));
+        registry.register_collector(Box::new(StoreSeries(Box::new(store))));
         registry.register(
             "instauth_heartbeats",
             "Agent heartbeats accepted",
@@ -220,7 +293,15 @@ mod tests {
 
     #[test]
     fn renders_every_series_in_the_prometheus_text_format() {
-        let m = Metrics::new(|| 7);
+        let m = Metrics::new(|| StoreCounters {
+            queries: 7,
+            heartbeat_batches: 3,
+            cache: instauth_store::CacheStats {
+                hits: 5,
+                active: true,
+                ..Default::default()
+            },
+        });
         m.exchange(Provider::Aws, "ok", Duration::from_millis(3));
         m.exchange(Provider::Aws, "ok", Duration::from_secs(5));
         m.exchange(Provider::Gcp, "conflict", Duration::from_micros(100));
@@ -246,6 +327,10 @@ mod tests {
             "# HELP instauth_db_queries_total SQL statements sent to the database.",
             "# TYPE instauth_db_queries_total counter",
             "instauth_db_queries_total 7",
+            "instauth_heartbeat_batches_total 3",
+            "instauth_session_cache_hits_total 5",
+            "# TYPE instauth_session_cache_active gauge",
+            "instauth_session_cache_active 1",
             "# TYPE instauth_heartbeats_total counter",
             "instauth_heartbeats_total 1",
             "# TYPE instauth_audit_records_dropped_total counter",
@@ -264,7 +349,7 @@ mod tests {
 
     #[test]
     fn series_never_observed_are_absent_and_the_rest_start_at_zero() {
-        let text = Metrics::new(|| 0).render();
+        let text = Metrics::new(StoreCounters::default).render();
         assert!(!text.contains("instauth_exchanges_total{"), "{text}");
         for p in Provider::ALL {
             let count = format!("instauth_exchange_duration_seconds_count{{provider=\"{p}\"}} 0");

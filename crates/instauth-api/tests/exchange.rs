@@ -1089,7 +1089,8 @@ server_test!(
             .await;
         assert_eq!(status, 204);
         assert_eq!(other.heartbeat(&token, "ready").await, 401);
-        srv.refused_within_a_second(&token, "workspace deleted").await;
+        srv.refused_within_a_second(&token, "workspace deleted")
+            .await;
         let _ = created;
     }
 );

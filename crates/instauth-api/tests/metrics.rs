@@ -28,7 +28,7 @@ fn cert(subject: &str, not_after: i64, checked: bool) -> TrustCertificate {
 
 #[test]
 fn the_expiry_gauge_exports_the_certificates_verification_depends_on() {
-    let m = Metrics::new(|| 0);
+    let m = Metrics::new(instauth_api::metrics::StoreCounters::default);
     let now = chrono::DateTime::from_timestamp(1_000, 0).unwrap();
     m.set_trust_certificates(
         &[

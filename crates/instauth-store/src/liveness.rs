@@ -487,13 +487,26 @@ mod tests {
     fn an_invalidation_during_a_read_voids_what_the_read_found() {
         let c = Liveness::new(100);
         c.activate();
-        let (a, b, ws, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (a, b, ws, other) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
         let before = c.begin_read();
         c.invalidate(ws);
         c.insert(a, live(ws, 0), before, None);
-        assert_eq!(c.agent(a), None, "read before the invalidation, stored after");
+        assert_eq!(
+            c.agent(a),
+            None,
+            "read before the invalidation, stored after"
+        );
         c.insert(b, live(other, 0), before, None);
-        assert_eq!(c.agent(b), Some(live(other, 0)), "another workspace is unaffected");
+        assert_eq!(
+            c.agent(b),
+            Some(live(other, 0)),
+            "another workspace is unaffected"
+        );
         let after = c.begin_read();
         c.insert(a, live(ws, 1), after, None);
         assert_eq!(c.agent(a), Some(live(ws, 1)));

@@ -316,7 +316,10 @@ backend_test!(
         let a = agent_now(store.clone()).await;
         assert_eq!(a.lifecycle_state, LifecycleState::Starting);
         let first = a.first_connected_at.unwrap();
-        assert!(first >= before && a.last_connected_at == Some(first), "{a:?}");
+        assert!(
+            first >= before && a.last_connected_at == Some(first),
+            "{a:?}"
+        );
         store
             .record_heartbeat(id, LifecycleState::Ready)
             .await
@@ -330,7 +333,10 @@ backend_test!(
             .record_heartbeat(uuid::Uuid::new_v4(), LifecycleState::Off)
             .await
             .unwrap();
-        assert_eq!(agent_now(store).await.lifecycle_state, LifecycleState::Ready);
+        assert_eq!(
+            agent_now(store).await.lifecycle_state,
+            LifecycleState::Ready
+        );
     }
 );
 

@@ -71,7 +71,10 @@ backend_test!(
         cached(&b, id, 0).await;
 
         assert!(a.revoke_agent_sessions(id).await.unwrap());
-        assert!(!a.session_live(id, 0).await.unwrap(), "at once where it was made");
+        assert!(
+            !a.session_live(id, 0).await.unwrap(),
+            "at once where it was made"
+        );
         assert!(a.session_live(id, 1).await.unwrap());
         refused_within_a_second(&b, id, 0, "revoked").await;
         assert!(b.session_live(id, 1).await.unwrap());

@@ -191,6 +191,42 @@ pub async fn exchange_all(
     Ok(tokens)
 }
 
+/// Sends one heartbeat (`ready`) with each session token, as every agent of a running fleet has
+/// done before any window of its steady state; each answer must be 204.
+pub async fn heartbeat_all(
+    client: &reqwest::Client,
+    url: &str,
+    tokens: &[String],
+) -> anyhow::Result<()> {
+    let endpoint = format!("{url}/api/v2/workspaceagents/me/heartbeat");
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(EXCHANGE_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        let permit = sem.clone().acquire_owned().await.context("semaphore")?;
+        let (client, endpoint, token) = (client.clone(), endpoint.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let resp = client
+                .post(&endpoint)
+                .header("Coder-Session-Token", token)
+                .header("Content-Type", "application/json")
+                .body(r#"{"lifecycle_state":"ready"}"#)
+                .send()
+                .await
+                .context("heartbeat")?;
+            let status = resp.status();
+            if status.as_u16() != 204 {
+                bail!("heartbeat answered {status}");
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("heartbeat task")??;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
