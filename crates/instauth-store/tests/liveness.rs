@@ -213,3 +213,40 @@ backend_test!(heartbeats_under_load_batch, |store| async move {
     assert_eq!(statements, batches, "one statement per batch");
     assert!(batches < 512 / 4, "{batches} batches for 512 heartbeats");
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_changes_pruned_before_they_were_read_drop_the_whole_cache() {
+    let db = TestDb::sqlite();
+    let a = db.store().await;
+    let id = create(&a, "ws", 1).await[0];
+    cached(&a, id, 0).await;
+    let resets = a.liveness_stats().resets;
+    // Another process appends a change and prunes it before `a` polls, then appends another:
+    // `a` sees a gap in the sequence and cannot know what it missed.
+    let instauth_store::DatabaseConfig::Sqlite { path } = a.config().clone() else {
+        unreachable!()
+    };
+    tokio::task::spawn_blocking(move || {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut c = diesel::SqliteConnection::establish(&path.to_string_lossy()).unwrap();
+        // Another workspace's change alone would only invalidate that workspace.
+        let other = Uuid::new_v4();
+        c.batch_execute(&format!(
+            "PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE; \
+             INSERT INTO liveness_changes (workspace_id) VALUES ('pruned'); \
+             DELETE FROM liveness_changes WHERE workspace_id = 'pruned'; \
+             INSERT INTO liveness_changes (workspace_id) VALUES ('{other}'); \
+             COMMIT;"
+        ))
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.liveness_stats().resets == resets {
+        assert!(Instant::now() < deadline, "the gap went unnoticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.liveness_stats().entries, 0);
+}
