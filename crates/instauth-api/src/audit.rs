@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const QUEUE_CAPACITY: usize = 10_000;
 /// Most records per write.
 pub const BATCH: usize = 500;
+/// How long a busy writer lets the next batch gather.
+const LINGER: Duration = Duration::from_millis(5);
 /// The audit outcome of a rate-limited attempt (aggregated per client and minute).
 pub const RATE_LIMITED: &str = "rate_limited";
 /// Longest stored text field, in characters (after escaping).
@@ -345,9 +347,16 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, drops: Arc<Drops>) {
             next = rx.try_recv().ok();
         }
         w.close_minutes(!flushes.is_empty());
+        let busy = w.batch.len() > 1;
         w.write(None).await;
         for done in flushes {
             let _ = done.send(());
+        }
+        // More than one record was waiting: the server is busy, so let the next batch gather
+        // for a moment (one transaction per dozens of exchanges rather than per handful). The
+        // records are already answered; they only reach the table a few milliseconds later.
+        if busy {
+            tokio::time::sleep(LINGER).await;
         }
     }
     w.close_minutes(true);
