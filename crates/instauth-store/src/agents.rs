@@ -1,12 +1,15 @@
 //! Agents at run time: the exchange's candidate query, agent key binding and reset, the agent
 //! API's session and token lookups, session revocation and heartbeats.
 
+use std::collections::HashMap;
+
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use instauth_types::AgentAuth;
 use uuid::Uuid;
 
+use crate::batch::Kind;
 use crate::liveness::{CacheStats, Live};
 use crate::model::{AgentContext, Candidate};
 use crate::schema::{workspace_agents, workspace_builds, workspace_resources, workspaces};
@@ -44,22 +47,31 @@ macro_rules! candidates_query {
             .filter(workspace_agents::auth_instance_id.eq($instance_id))
             .filter(workspace_agents::parent_id.is_null())
             .filter(workspace_agents::auth.eq(text($auth)))
-            .select((
-                workspace_agents::id,
-                workspace_agents::name,
-                workspace_agents::auth,
-                workspace_resources::name,
-                workspaces::id,
-                workspaces::name,
-                workspace_agents::session_generation,
-                workspace_agents::agent_public_key,
-                workspace_agents::require_agent_key,
-                workspace_resources::expect_provider,
-                workspace_resources::expect_account,
-                workspace_resources::expect_location,
-            ))
+            .select(candidate_columns!())
     };
 }
+
+/// The columns a [`Candidate`] is read from.
+macro_rules! candidate_columns {
+    () => {
+        (
+            workspace_agents::id,
+            workspace_agents::name,
+            workspace_agents::auth,
+            workspace_resources::name,
+            workspaces::id,
+            workspaces::name,
+            workspace_agents::session_generation,
+            workspace_agents::agent_public_key,
+            workspace_agents::require_agent_key,
+            workspace_resources::expect_provider,
+            workspace_resources::expect_account,
+            workspace_resources::expect_location,
+        )
+    };
+}
+#[cfg(feature = "testing")]
+pub(crate) use candidate_columns;
 #[cfg(feature = "testing")]
 pub(crate) use candidates_query;
 
@@ -98,7 +110,25 @@ impl Store {
     /// The candidates for an exchange, in ONE statement: live root agents with this instance ID
     /// and auth method whose build is the latest build of a live workspace, sorted by name (then
     /// workspace). The policy narrows them by the requested name.
+    ///
+    /// Concurrent exchanges share the statement (group commit): a lone lookup runs this query
+    /// as it is; two or more waiting at once are answered by one statement for all their
+    /// instance IDs.
     pub async fn candidates(&self, auth: AgentAuth, instance_id: &str) -> Result<Vec<Candidate>> {
+        self.batched(|i| &i.lookups, (auth, instance_id.to_owned()))
+            .await
+    }
+
+    /// Statements sent for candidate lookups since the store was created.
+    pub fn candidate_batches(&self) -> u64 {
+        self.inner.lookups.batches()
+    }
+
+    async fn candidates_of_one(
+        &self,
+        auth: AgentAuth,
+        instance_id: &str,
+    ) -> Result<Vec<Candidate>> {
         with_conn!(self, |conn| {
             Ok(candidates_query!(auth, instance_id)
                 .order((workspace_agents::name, workspaces::name))
@@ -305,5 +335,57 @@ impl Store {
     /// The liveness cache's counters.
     pub fn liveness_stats(&self) -> CacheStats {
         self.inner.liveness.stats()
+    }
+}
+
+/// The exchange's candidate lookups, group-committed.
+pub(crate) struct Lookups;
+
+impl Kind for Lookups {
+    type Request = (AgentAuth, String);
+    type Response = Vec<Candidate>;
+    const MAX: usize = 256;
+    const LINGER: Option<(std::time::Duration, usize)> = None;
+
+    async fn run(store: &Store, requests: &[Self::Request]) -> Result<Vec<Vec<Candidate>>> {
+        if let [(auth, instance_id)] = requests {
+            return Ok(vec![store.candidates_of_one(*auth, instance_id).await?]);
+        }
+        let mut ids: Vec<&str> = requests.iter().map(|(_, i)| i.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // The same query for every instance ID at once, ordered as the single query orders
+        // (then split by instance, which keeps that order).
+        let rows: Vec<(Option<String>, Candidate)> = with_conn!(store, |conn| {
+            live_agents!()
+                .filter(workspace_agents::auth_instance_id.eq_any(&ids))
+                .filter(workspace_agents::parent_id.is_null())
+                .select((workspace_agents::auth_instance_id, candidate_columns!()))
+                .order((
+                    workspace_agents::auth_instance_id,
+                    workspace_agents::name,
+                    workspaces::name,
+                ))
+                .load(conn)
+                .await?
+        });
+        let mut by_instance: HashMap<&str, Vec<&Candidate>> = HashMap::new();
+        for (instance, c) in &rows {
+            if let Some(i) = instance {
+                by_instance.entry(i.as_str()).or_default().push(c);
+            }
+        }
+        Ok(requests
+            .iter()
+            .map(|(auth, instance_id)| {
+                by_instance
+                    .get(instance_id.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.auth == *auth)
+                    .map(|c| (*c).clone())
+                    .collect()
+            })
+            .collect())
     }
 }

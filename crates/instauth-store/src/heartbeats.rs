@@ -11,8 +11,7 @@
 //! `ready` is what is stored.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::pg::Pg;
@@ -22,33 +21,14 @@ use diesel::sqlite::Sqlite;
 use diesel::QueryResult;
 use diesel_async::RunQueryDsl;
 use instauth_types::LifecycleState;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::{now, Backend, Inner, Result, Store, StoreError};
+use crate::batch::Kind;
+use crate::{now, Backend, Result, Store, StoreError};
 
 /// Most heartbeats in one statement (SQLite's JSON text and PostgreSQL's arrays take any
 /// number; this bounds one statement's time and memory).
 pub const MAX_BATCH: usize = 4096;
-/// Under load, a batch waits this long at most for more heartbeats ...
-const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
-/// ... or until it holds this many.
-const BUSY_BATCH: usize = 64;
-/// Heartbeats waiting beyond this make callers wait to queue (backpressure, not memory).
-const QUEUE: usize = 65_536;
-
-struct Pending {
-    agent: Uuid,
-    state: LifecycleState,
-    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
-}
-
-/// The queue of one store (started on first use).
-#[derive(Default)]
-pub(crate) struct Queue {
-    tx: OnceLock<mpsc::Sender<Pending>>,
-    batches: Arc<AtomicU64>,
-}
 
 /// One batch's statement. Its text is fixed whatever the batch size, so it is prepared once per
 /// connection and cached (a `sql_query` would be parsed and planned again every time).
@@ -141,52 +121,30 @@ async fn write(store: &Store, batch: &[(Uuid, LifecycleState)], at: NaiveDateTim
     Ok(())
 }
 
-/// The writer: takes everything queued (up to [`MAX_BATCH`]), writes it, answers every waiter.
-async fn writer(inner: Weak<Inner>, mut rx: mpsc::Receiver<Pending>, batches: Arc<AtomicU64>) {
-    let mut queued = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut queued, MAX_BATCH).await > 0 {
-        // More than one was waiting: the server is busy, so gather a little longer and let
-        // one statement carry more (fewer transactions, less database CPU per heartbeat). Alone,
-        // a heartbeat is written at once.
-        if queued.len() > 1 {
-            let until = tokio::time::Instant::now() + LINGER;
-            while queued.len() < BUSY_BATCH {
-                let room = MAX_BATCH - queued.len();
-                match tokio::time::timeout_at(until, rx.recv_many(&mut queued, room)).await {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        let store = Store { inner };
-        let mut last: HashMap<Uuid, usize> = HashMap::with_capacity(queued.len());
-        let mut batch: Vec<(Uuid, LifecycleState)> = Vec::with_capacity(queued.len());
-        for p in &queued {
-            match last.get(&p.agent) {
-                Some(&i) => batch[i].1 = p.state,
-                None => {
-                    last.insert(p.agent, batch.len());
-                    batch.push((p.agent, p.state));
-                }
-            }
-        }
-        let result = write(&store, &batch, now()).await.map_err(Arc::new);
-        batches.fetch_add(1, Ordering::Relaxed);
-        for p in queued.drain(..) {
-            // A caller that stopped waiting (its client went away) is fine: the write stands.
-            let _ = p.done.send(result.clone());
-        }
-    }
-}
+/// Heartbeats, group-committed.
+pub(crate) struct Heartbeats;
 
-/// The error a waiter reports for a failed batch: unavailable stays unavailable (503 with
-/// Retry-After), anything else is a database error.
-fn shared(e: &StoreError) -> StoreError {
-    if e.is_unavailable() {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Batch(e.to_string())
+impl Kind for Heartbeats {
+    type Request = (Uuid, LifecycleState);
+    type Response = ();
+    const MAX: usize = MAX_BATCH;
+    // Under load, up to 1 ms or 64 heartbeats more per statement.
+    const LINGER: Option<(Duration, usize)> = Some((Duration::from_millis(1), 64));
+
+    async fn run(store: &Store, requests: &[Self::Request]) -> Result<Vec<()>> {
+        let mut last: HashMap<Uuid, usize> = HashMap::with_capacity(requests.len());
+        let mut batch: Vec<(Uuid, LifecycleState)> = Vec::with_capacity(requests.len());
+        for &(agent, state) in requests {
+            match last.get(&agent) {
+                Some(&i) => batch[i].1 = state,
+                None => {
+                    last.insert(agent, batch.len());
+                    batch.push((agent, state));
+                }
+            }
+        }
+        write(store, &batch, now()).await?;
+        Ok(vec![(); requests.len()])
     }
 }
 
@@ -194,30 +152,11 @@ impl Store {
     /// Records a heartbeat (lifecycle state, first and last connection time) and returns once
     /// the statement carrying it has committed. Concurrent heartbeats share one statement.
     pub async fn record_heartbeat(&self, agent_id: Uuid, state: LifecycleState) -> Result<()> {
-        let q = &self.inner.heartbeats;
-        let tx = q.tx.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(writer(Arc::downgrade(&self.inner), rx, q.batches.clone()));
-            tx
-        });
-        let (done, wait) = oneshot::channel();
-        let gone = || StoreError::Unavailable("the heartbeat writer stopped".into());
-        tx.send(Pending {
-            agent: agent_id,
-            state,
-            done,
-        })
-        .await
-        .map_err(|_| gone())?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(shared(&e)),
-            Err(_) => Err(gone()),
-        }
+        self.batched(|i| &i.heartbeats, (agent_id, state)).await
     }
 
     /// Heartbeat statements sent since the store was created (one per batch).
     pub fn heartbeat_batches(&self) -> u64 {
-        AtomicU64::load(&self.inner.heartbeats.batches, Ordering::Relaxed)
+        self.inner.heartbeats.batches()
     }
 }

@@ -61,6 +61,7 @@ macro_rules! with_conn {
 mod agents;
 mod aia;
 mod audit;
+mod batch;
 mod builds;
 pub mod error;
 pub mod files;
@@ -101,7 +102,8 @@ struct Inner {
     config: DatabaseConfig,
     queries: Arc<AtomicU64>,
     liveness: Arc<liveness::Liveness>,
-    heartbeats: heartbeats::Queue,
+    heartbeats: batch::Batcher<heartbeats::Heartbeats>,
+    lookups: batch::Batcher<agents::Lookups>,
 }
 
 /// The store: a pooled connection to one database, cheap to clone.

@@ -181,7 +181,8 @@ impl Store {
                 liveness: Arc::new(crate::liveness::Liveness::new(
                     crate::liveness::DEFAULT_CAPACITY,
                 )),
-                heartbeats: crate::heartbeats::Queue::default(),
+                heartbeats: Default::default(),
+                lookups: Default::default(),
             }),
         })
     }

@@ -16,7 +16,7 @@ use diesel::sqlite::Sqlite;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use instauth_types::AgentAuth;
 
-use crate::agents::{candidates_query, live_agents};
+use crate::agents::{candidate_columns, candidates_query, live_agents};
 use crate::schema::{workspace_agents, workspace_resources, workspaces};
 use crate::text::text;
 use crate::{Backend, DatabaseConfig, Result, Store};

@@ -1,6 +1,7 @@
-//! The liveness cache and the heartbeat group commit, on both backends: revocations reach a
-//! second store (another process's view) within a second, a batch of concurrent heartbeats is
-//! one statement, the last heartbeat of an agent in a batch wins.
+//! The liveness cache and group commit, on both backends: revocations reach a second store
+//! (another process's view) within a second, a batch of concurrent heartbeats is one statement
+//! and the last heartbeat of an agent in it wins, concurrent candidate lookups share one
+//! statement and each gets what a lookup of its own finds.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -249,4 +250,69 @@ async fn sqlite_changes_pruned_before_they_were_read_drop_the_whole_cache() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(a.liveness_stats().entries, 0);
+}
+
+/// Concurrent candidate lookups share one statement, and each gets what a lookup of its own
+/// finds: its instance's live root agents of its auth method, ordered by name.
+async fn lookups_share_a_statement(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    // i-0 .. i-9 one agent each; i-shared two agents (ordered by name); a sub-agent never.
+    let mut b = build(10);
+    for (name, parent) in [("zeta", None), ("alpha", None), ("child", Some("alpha"))] {
+        b.resources[0].agents.push(AgentSpec {
+            name: name.into(),
+            auth: Wire::Known(AgentAuth::AwsInstanceIdentity),
+            instance_id: Some("i-shared".into()),
+            parent: parent.map(Into::into),
+            require_agent_key: false,
+        });
+    }
+    store
+        .create_build(&validate_build("ws", b).unwrap())
+        .await
+        .unwrap();
+    let asks: Vec<(AgentAuth, String)> = (0..10)
+        .map(|n| (AgentAuth::AwsInstanceIdentity, format!("i-{n}")))
+        .chain([
+            (AgentAuth::AwsInstanceIdentity, "i-shared".into()),
+            (AgentAuth::AwsInstanceIdentity, "i-none".into()),
+            (AgentAuth::AzureInstanceIdentity, "i-3".into()),
+            (AgentAuth::AwsInstanceIdentity, "i-3".into()),
+        ])
+        .collect();
+    let mut alone = Vec::new();
+    for (auth, iid) in &asks {
+        alone.push(store.candidates(*auth, iid).await.unwrap());
+    }
+    let (statements, batches) = (store.queries_total(), store.candidate_batches());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (auth, iid)) in asks.iter().cloned().enumerate() {
+        let s = store.clone();
+        tasks.spawn(async move { (i, s.candidates(auth, &iid).await.unwrap()) });
+    }
+    let mut together = vec![Vec::new(); asks.len()];
+    while let Some(r) = tasks.join_next().await {
+        let (i, c) = r.unwrap();
+        together[i] = c;
+    }
+    assert_eq!(store.candidate_batches() - batches, 1, "one batch");
+    assert_eq!(store.queries_total() - statements, 1, "one statement");
+    assert_eq!(together, alone);
+    let names = |c: &[instauth_store::Candidate]| -> Vec<String> {
+        c.iter().map(|c| c.agent_name.clone()).collect()
+    };
+    assert_eq!(names(&together[10]), ["alpha", "zeta"]);
+    assert!(together[11].is_empty() && together[12].is_empty());
+    assert_eq!(names(&together[13]), ["a3"]);
+}
+
+#[tokio::test]
+async fn concurrent_candidate_lookups_share_a_statement_sqlite() {
+    lookups_share_a_statement(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_candidate_lookups_share_a_statement_postgres() {
+    lookups_share_a_statement(TestBackend::Postgres).await;
 }
