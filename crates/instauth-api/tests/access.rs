@@ -3,13 +3,15 @@
 //! enforcement, requirement, reset, replay), with the statements each exchange costs.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{pki, REGION};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use instauth_api::{AllowLists, ApiConfig, AppState, Verifiers};
+use instauth_api::{AllowLists, ApiConfig, AppState};
 use instauth_store::testing::{TestBackend, TestDb};
 use instauth_testkit::{sign_jwt_rs256, TestKey, TestPki, GCP_KID_1};
 use instauth_types::agent_key::{self, fingerprint};
@@ -24,39 +26,12 @@ use serde_json::{json, Value};
 
 const ADMIN: &str = "test-admin-token";
 const AUDIENCE: &str = "https://instauth.test";
-const REGION: &str = "us-test-1";
 const OTHER_REGION: &str = "eu-test-2";
 const ACCOUNT: &str = "111111111111";
 const OTHER_ACCOUNT: &str = "222222222222";
 const AWS_PATH: &str = "/api/v2/workspaceagents/aws-instance-identity";
 const AZURE_PATH: &str = "/api/v2/workspaceagents/azure-instance-identity";
 const GCP_PATH: &str = "/api/v2/workspaceagents/google-instance-identity";
-
-fn pki() -> Arc<TestPki> {
-    static PKI: std::sync::OnceLock<Arc<TestPki>> = std::sync::OnceLock::new();
-    PKI.get_or_init(|| Arc::new(TestPki::new())).clone()
-}
-
-fn verifiers(pki: &TestPki) -> Verifiers {
-    let mut certs = instauth_verify_aws::AwsCertificates::empty();
-    for region in [REGION, OTHER_REGION] {
-        certs
-            .add_pem(&pki.aws_certificates_pem(region), None, Path::new("test"))
-            .unwrap();
-    }
-    let azure = instauth_verify_azure::AzureTrust::from_roots_pem(&pki.azure_root_pem()).unwrap();
-    let jwks = instauth_verify_gcp::JwkSet::from_json(TestPki::gcp_jwks_json().as_bytes()).unwrap();
-    let clock: Arc<dyn instauth_verify::Clock> = Arc::new(instauth_verify::SystemClock);
-    Verifiers::new(
-        instauth_verify_aws::AwsVerifier::new(certs),
-        instauth_verify_azure::AzureVerifier::new(azure, clock.clone()),
-        instauth_verify_gcp::GcpVerifier::new(
-            AUDIENCE,
-            instauth_verify_gcp::JwksSource::Static(Arc::new(jwks)),
-            clock,
-        ),
-    )
-}
 
 /// What a test server is started with.
 #[derive(Default)]
@@ -83,7 +58,7 @@ async fn start(backend: TestBackend, options: Options) -> Srv {
     let clock = Arc::new(FixedClock::new(Utc::now()));
     let (state, _writer) = AppState::new(
         store,
-        verifiers(&pki),
+        common::verifiers(&pki, &[REGION, OTHER_REGION], AUDIENCE),
         ApiConfig {
             session_ttl: Duration::from_secs(3600),
             admin_token: ADMIN.into(),

@@ -3,11 +3,13 @@
 //! audit, metrics and the database round trips per exchange.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
+
+use common::{pki, REGION};
 use std::sync::Arc;
 use std::time::Duration;
 
-use instauth_api::{ApiConfig, AppState, Verifiers};
+use instauth_api::{ApiConfig, AppState};
 use instauth_store::testing::{TestBackend, TestDb};
 use instauth_store::Store;
 use instauth_testkit::TestPki;
@@ -15,7 +17,6 @@ use instauth_types::{AwsInstanceIdentityRequest, GoogleInstanceIdentityRequest};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "test-admin-token";
-const REGION: &str = "us-test-1";
 const AUDIENCE: &str = "https://instauth.test";
 /// Exchanges per second per client: high enough for every test but one.
 const RATE: u32 = 1000;
@@ -30,30 +31,6 @@ struct Srv {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-fn pki() -> Arc<TestPki> {
-    static PKI: std::sync::OnceLock<Arc<TestPki>> = std::sync::OnceLock::new();
-    PKI.get_or_init(|| Arc::new(TestPki::new())).clone()
-}
-
-fn verifiers(pki: &TestPki) -> Verifiers {
-    let mut certs = instauth_verify_aws::AwsCertificates::empty();
-    certs
-        .add_pem(&pki.aws_certificates_pem(REGION), None, Path::new("test"))
-        .unwrap();
-    let azure = instauth_verify_azure::AzureTrust::from_roots_pem(&pki.azure_root_pem()).unwrap();
-    let jwks = instauth_verify_gcp::JwkSet::from_json(TestPki::gcp_jwks_json().as_bytes()).unwrap();
-    let clock: Arc<dyn instauth_verify::Clock> = Arc::new(instauth_verify::SystemClock);
-    Verifiers::new(
-        instauth_verify_aws::AwsVerifier::new(certs),
-        instauth_verify_azure::AzureVerifier::new(azure, clock.clone()),
-        instauth_verify_gcp::GcpVerifier::new(
-            AUDIENCE,
-            instauth_verify_gcp::JwksSource::Static(Arc::new(jwks)),
-            clock,
-        ),
-    )
-}
-
 async fn start(backend: TestBackend, session_ttl: Duration) -> Srv {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
@@ -65,7 +42,7 @@ async fn start_on(store: Store, db: Option<TestDb>, session_ttl: Duration) -> Sr
     let pki = pki();
     let (state, _writer) = AppState::new(
         store,
-        verifiers(&pki),
+        common::verifiers(&pki, &[REGION], AUDIENCE),
         ApiConfig {
             session_ttl,
             admin_token: ADMIN.into(),
@@ -902,7 +879,7 @@ async fn over_the_rate_limit_gets_429() {
     let store = db.store().await;
     let (state, _w) = AppState::new(
         store,
-        verifiers(&pki()),
+        common::verifiers(&pki(), &[REGION], AUDIENCE),
         ApiConfig {
             session_ttl: Duration::from_secs(60),
             admin_token: ADMIN.into(),
@@ -981,7 +958,7 @@ async fn audit_records_past_the_retention_are_deleted() {
         .unwrap();
     let (state, _w) = AppState::new(
         store,
-        verifiers(&pki()),
+        common::verifiers(&pki(), &[REGION], AUDIENCE),
         ApiConfig {
             audit_retention: Duration::from_secs(24 * 3600),
             ..ApiConfig::default()

@@ -5,20 +5,21 @@
 //! the end a valid agent still exchanges and every attempt has its audit record.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::REGION;
 use std::io::Write as _;
-use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use instauth_api::serve::{serve, ServeConfig};
-use instauth_api::{ApiConfig, AppState, Verifiers};
+use instauth_api::{ApiConfig, AppState};
 use instauth_store::testing::{TestBackend, TestDb};
 use instauth_testkit::TestPki;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "hostile-admin-token";
-const REGION: &str = "us-test-1";
 
 /// Everything the server logged (human format), shared by the test's subscriber.
 fn log() -> &'static Mutex<Vec<u8>> {
@@ -46,25 +47,6 @@ fn capture_logs() {
             .with_writer(|| LogWriter)
             .try_init();
     });
-}
-
-fn verifiers(pki: &TestPki) -> Verifiers {
-    let mut certs = instauth_verify_aws::AwsCertificates::empty();
-    certs
-        .add_pem(&pki.aws_certificates_pem(REGION), None, Path::new("test"))
-        .unwrap();
-    let azure = instauth_verify_azure::AzureTrust::from_roots_pem(&pki.azure_root_pem()).unwrap();
-    let jwks = instauth_verify_gcp::JwkSet::from_json(TestPki::gcp_jwks_json().as_bytes()).unwrap();
-    let clock: Arc<dyn instauth_verify::Clock> = Arc::new(instauth_verify::SystemClock);
-    Verifiers::new(
-        instauth_verify_aws::AwsVerifier::new(certs),
-        instauth_verify_azure::AzureVerifier::new(azure, clock.clone()),
-        instauth_verify_gcp::GcpVerifier::new(
-            "coder",
-            instauth_verify_gcp::JwksSource::Static(Arc::new(jwks)),
-            clock,
-        ),
-    )
 }
 
 /// One request and what the server must answer.
@@ -452,7 +434,7 @@ async fn run(backend: TestBackend) {
     let pki = TestPki::new();
     let (state, _writer) = AppState::new(
         store,
-        verifiers(&pki),
+        common::verifiers(&pki, &[REGION], "coder"),
         ApiConfig {
             admin_token: ADMIN.into(),
             exchange_rate_limit: 0,

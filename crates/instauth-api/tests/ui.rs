@@ -4,10 +4,12 @@
 //! endpoint.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
+
+use common::{pki, REGION};
 use std::sync::Arc;
 
-use instauth_api::{ApiConfig, AppState, Verifiers};
+use instauth_api::{ApiConfig, AppState};
 use instauth_store::testing::{TestBackend, TestDb};
 use instauth_testkit::{TestAgentKey, TestPki};
 use instauth_types::ExchangeRequest;
@@ -16,7 +18,6 @@ use reqwest::redirect::Policy;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "ui-test-admin-token";
-const REGION: &str = "us-test-1";
 const HOSTILE_NAME: &str = "<script>alert(1)</script>";
 const HOSTILE_INSTANCE: &str = "i-\"><img src=x onerror=alert(2)>";
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -33,37 +34,13 @@ struct Srv {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-fn verifiers(pki: &TestPki) -> Verifiers {
-    let mut certs = instauth_verify_aws::AwsCertificates::empty();
-    certs
-        .add_pem(&pki.aws_certificates_pem(REGION), None, Path::new("test"))
-        .unwrap();
-    let azure = instauth_verify_azure::AzureTrust::from_roots_pem(&pki.azure_root_pem()).unwrap();
-    let jwks = instauth_verify_gcp::JwkSet::from_json(TestPki::gcp_jwks_json().as_bytes()).unwrap();
-    let clock: Arc<dyn instauth_verify::Clock> = Arc::new(instauth_verify::SystemClock);
-    Verifiers::new(
-        instauth_verify_aws::AwsVerifier::new(certs),
-        instauth_verify_azure::AzureVerifier::new(azure, clock.clone()),
-        instauth_verify_gcp::GcpVerifier::new(
-            "coder",
-            instauth_verify_gcp::JwksSource::Static(Arc::new(jwks)),
-            clock,
-        ),
-    )
-}
-
-fn pki() -> Arc<TestPki> {
-    static PKI: std::sync::OnceLock<Arc<TestPki>> = std::sync::OnceLock::new();
-    PKI.get_or_init(|| Arc::new(TestPki::new())).clone()
-}
-
 async fn start(backend: TestBackend) -> Srv {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let pki = pki();
     let (state, _writer) = AppState::new(
         store,
-        verifiers(&pki),
+        common::verifiers(&pki, &[REGION], "coder"),
         ApiConfig {
             admin_token: ADMIN.into(),
             exchange_rate_limit: 0,
