@@ -10,66 +10,12 @@
 //! - `loadtest`: a fleet's exchanges and heartbeats against the release server, beside
 //!   `pgbench -S` (`cargo xtask loadtest --help`; docs/BENCHMARKS.md "Fleet load").
 
-mod loadtest;
-
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
-
-pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    eprintln!("$ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-pub(crate) fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
-/// The workspace root (the parent of `xtask/`).
-pub(crate) fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
-}
-
-fn postgres_answers() -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 5432));
-    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-}
-
-/// Tests use PostgreSQL for real. When INSTAUTH_TEST_POSTGRES_URL names another server, that is
-/// the caller's to run; otherwise start the local cluster if it is down.
-pub(crate) fn ensure_postgres() -> anyhow::Result<()> {
-    if std::env::var_os("INSTAUTH_TEST_POSTGRES_URL").is_some() || postgres_answers() {
-        return Ok(());
-    }
-    eprintln!("PostgreSQL is not answering on 127.0.0.1:5432: starting the local cluster");
-    let versions = std::fs::read_dir("/etc/postgresql")
-        .context("PostgreSQL is not installed (no /etc/postgresql); install it or set INSTAUTH_TEST_POSTGRES_URL")?;
-    for v in versions.flatten() {
-        let version = v.file_name().to_string_lossy().into_owned();
-        run(Command::new("pg_ctlcluster").args([
-            "--skip-systemctl-redirect",
-            &version,
-            "main",
-            "start",
-        ]))?;
-    }
-    for _ in 0..50 {
-        if postgres_answers() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("PostgreSQL did not come up on 127.0.0.1:5432")
-}
+use xtask::{cargo, ensure_postgres, run};
 
 fn has_nextest() -> bool {
     cargo()
@@ -260,7 +206,11 @@ fn main() -> anyhow::Result<()> {
         "test" => test(),
         "ci" => ci(),
         "bench" => bench(),
-        "loadtest" => loadtest::main(&args[1..]),
+        // The load test is its own package so that its dependencies (the test PKI, an HTTP
+        // client, clap) are not compiled before every `cargo xtask test`.
+        "loadtest" => run(cargo()
+            .args(["run", "--quiet", "--package", "loadtest", "--"])
+            .args(&args[1..])),
         _ => bail!("usage: cargo xtask <test|ci|bench|loadtest>"),
     }
 }

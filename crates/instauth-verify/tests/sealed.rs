@@ -14,7 +14,11 @@ const ALLOWED: &[&str] = &[
 #[test]
 fn only_verifier_crates_enable_the_constructor_feature() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut manifests = vec![root.join("xtask/Cargo.toml"), root.join("fuzz/Cargo.toml")];
+    let mut manifests = vec![
+        root.join("xtask/Cargo.toml"),
+        root.join("xtask/loadtest/Cargo.toml"),
+        root.join("fuzz/Cargo.toml"),
+    ];
     for dir in ["crates", "bins"] {
         for e in std::fs::read_dir(root.join(dir))
             .into_iter()

@@ -103,8 +103,8 @@ struct Context_ {
     runs: usize,
 }
 
-/// Entry point; `argv` are the arguments after `loadtest`.
-pub fn main(argv: &[String]) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = Args::parse_from(
         std::iter::once("cargo xtask loadtest".to_owned()).chain(argv.iter().cloned()),
     );
@@ -136,7 +136,7 @@ pub fn main(argv: &[String]) -> anyhow::Result<()> {
         b => vec![b],
     };
 
-    crate::ensure_postgres()?;
+    xtask::ensure_postgres()?;
     wrk::ensure_installed()?;
     let binary = match &args.binary {
         Some(b) => b.clone(),
@@ -245,26 +245,12 @@ fn backend_name(b: Backend) -> &'static str {
 /// Builds the release `instauth` and returns its path.
 fn build_release() -> anyhow::Result<PathBuf> {
     step("building the release instauth binary");
-    let mut cmd = crate::cargo();
+    let mut cmd = xtask::cargo();
     cmd.args(["build", "--release", "-p", "instauth", "--bin", "instauth"]);
-    // `cargo run` hands xtask the package variables of xtask itself; ring's build script
-    // tracks CARGO_MANIFEST_DIR, so passing them on would rebuild the release tree every time.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                &*key,
-                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
-            )
-        {
-            cmd.env_remove(&*key);
-        }
-    }
-    crate::run(&mut cmd)?;
+    xtask::run(&mut cmd)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
+        .unwrap_or_else(|| xtask::workspace_root().join("target"));
     let binary = target.join("release/instauth");
     ensure!(binary.is_file(), "no binary at {}", binary.display());
     Ok(binary)
