@@ -14,6 +14,7 @@ pub mod exchange;
 pub mod extract;
 pub mod metrics;
 mod ops;
+mod pool;
 pub mod ratelimit;
 pub mod serve;
 pub mod session;

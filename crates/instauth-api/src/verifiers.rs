@@ -5,11 +5,11 @@
 //!
 //! Where the work runs (DESIGN.md): signature and chain checks are CPU work and never run on
 //! the async workers that serve HTTP. Each proof's CPU part is handed to tokio's blocking
-//! threads behind a semaphore of one permit per core, so at most that many proofs are checked
+//! threads, at most one per core ([`VerifyPool`]), so at most that many proofs are checked
 //! at once whatever arrives, and `/healthz`, heartbeats and the admin API keep their threads.
 //! Network IO (Google's JWKS, an Azure issuing CA's AIA download) happens before or between
-//! those hand-offs, on the async side, holding no permit. A proof that waits longer than
-//! [`VerifyPool::wait`] for a permit is answered 503 with `Retry-After`.
+//! those hand-offs, on the async side, holding no slot. A proof that waits longer than
+//! [`VerifyPool::wait`] for a slot is answered 503 with `Retry-After`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,112 +23,8 @@ use instauth_verify::{Identity, Verified};
 use instauth_verify_aws::{AwsError, AwsVerifier};
 use instauth_verify_azure::{AiaFetcher, AzureError, AzureTrust, AzureVerifier};
 use instauth_verify_gcp::{GcpError, GcpVerifier};
-use tokio::sync::Semaphore;
 
-/// Why the pool did not run a verification.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PoolError {
-    /// Every permit stayed taken for the whole wait: the server is saturated with proofs.
-    #[error("all {size} verification slots stayed busy for {}s", waited.as_secs())]
-    Busy {
-        /// Permits of the pool.
-        size: usize,
-        /// How long the proof waited.
-        waited: Duration,
-    },
-    /// The verification panicked (a bug; logged as an internal error).
-    #[error("the verification task failed: {0}")]
-    Failed(String),
-}
-
-/// A bounded pool for synchronous verification work: tokio's blocking threads behind a
-/// semaphore, so that at most [`VerifyPool::size`] verifications run at once and a proof waits
-/// at most [`VerifyPool::wait`] for its turn. Cheap to clone (clones share the permits).
-#[derive(Debug, Clone)]
-pub struct VerifyPool {
-    permits: Arc<Semaphore>,
-    size: usize,
-    wait: Duration,
-}
-
-impl VerifyPool {
-    /// How long a proof waits for a permit by default before it is answered 503.
-    pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-
-    /// A pool running at most `size` (at least 1) verifications at once; a proof waits at most
-    /// `wait` for a permit.
-    pub fn new(size: usize, wait: Duration) -> Self {
-        let size = size.max(1);
-        VerifyPool {
-            permits: Arc::new(Semaphore::new(size)),
-            size,
-            wait,
-        }
-    }
-
-    /// One permit per core the process may use ([`std::thread::available_parallelism`]), and
-    /// [`VerifyPool::DEFAULT_WAIT`].
-    pub fn sized_to_cores() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::new(cores, Self::DEFAULT_WAIT)
-    }
-
-    /// How many verifications run at most at once.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
-    /// How long a proof waits at most for a permit.
-    pub fn wait(&self) -> Duration {
-        self.wait
-    }
-
-    /// Permits free right now (for tests and diagnostics).
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
-
-    /// Runs `work` on a blocking thread once a permit is free. The permit goes with the work:
-    /// if the caller gives up (the client disconnected), the work still finishes before its
-    /// permit is released, so the bound holds for the CPU actually in use.
-    pub async fn run<T, F>(&self, work: F) -> Result<T, PoolError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        // A free permit is taken without arming a timer (the common case).
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    // The semaphore is never closed.
-                    Ok(Err(closed)) => return Err(PoolError::Failed(closed.to_string())),
-                    Err(_) => {
-                        return Err(PoolError::Busy {
-                            size: self.size,
-                            waited: self.wait,
-                        })
-                    }
-                }
-            }
-        };
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|e| PoolError::Failed(e.to_string()))
-    }
-}
-
-impl Default for VerifyPool {
-    /// [`VerifyPool::sized_to_cores`].
-    fn default() -> Self {
-        Self::sized_to_cores()
-    }
-}
+pub use crate::pool::{PoolError, VerifyPool};
 
 /// Why a proof was not verified, by cloud; `error.rs` maps it to a status.
 #[derive(Debug, thiserror::Error)]
