@@ -424,6 +424,12 @@ async fn migrate(args: DbArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// mimalloc rather than glibc's malloc: an exchange allocates on an HTTP worker and frees on a
+/// verification thread (and back), and glibc's per-arena locks made that cross-thread traffic
+/// about a fifth of the server's CPU under load (docs/BENCHMARKS.md "Exchange profile").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
