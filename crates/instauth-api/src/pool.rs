@@ -220,6 +220,8 @@ impl Default for VerifyPool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
     use std::time::Instant;
@@ -345,5 +347,15 @@ mod tests {
         holder.await.unwrap().unwrap().unwrap();
         until("the slot to come back", || pool.available() == 1).await;
         assert_eq!(ran.load(Ordering::SeqCst), 0, "a job whose caller left ran");
+    }
+
+    #[test]
+    fn the_default_pool_has_a_slot_per_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let pool = VerifyPool::default();
+        assert_eq!(pool.size(), cores);
+        assert_eq!(pool.wait(), VerifyPool::DEFAULT_WAIT);
+        assert_eq!(pool.available(), cores);
+        assert_eq!(VerifyPool::new(0, Duration::ZERO).size(), 1);
     }
 }
