@@ -214,8 +214,13 @@ fn minute(r: &NewAuditRecord) -> i64 {
 }
 
 impl Writer {
-    fn push(&mut self, r: NewAuditRecord) {
+    fn push(&mut self, mut r: NewAuditRecord) {
         if r.outcome == RATE_LIMITED {
+            // The limiter counts per client IP, and a client that knocks over many connections
+            // is one client: the aggregate names the IP, whatever ports the attempts came from.
+            if let Ok(peer) = r.remote_addr.parse::<std::net::SocketAddr>() {
+                r.remote_addr = peer.ip().to_string();
+            }
             let key = (r.remote_addr.clone(), minute(&r));
             self.limited
                 .entry(key)

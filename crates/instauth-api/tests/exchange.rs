@@ -898,7 +898,12 @@ async fn over_the_rate_limit_gets_429() {
         instauth_api::serve::ServeConfig::default(),
         std::future::pending(),
     ));
-    let http = reqwest::Client::new();
+    // A new connection (a new source port) for every request: the limiter and its audit
+    // aggregate are per client IP, not per connection.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let post = || {
         http.post(format!(
             "{url}/api/v2/workspaceagents/aws-instance-identity"
@@ -926,6 +931,10 @@ async fn over_the_rate_limit_gets_429() {
     assert!(
         !limited.is_empty() && limited.len() <= 2,
         "one record per minute (two if the minute turned): {limited:?}"
+    );
+    assert!(
+        limited.iter().all(|r| r.record.remote_addr == "127.0.0.1"),
+        "the aggregate names the client's IP: {limited:?}"
     );
     let total: i32 = limited.iter().map(|r| r.record.count).sum();
     assert_eq!(total, 6, "every refused attempt is counted");
