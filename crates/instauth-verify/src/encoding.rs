@@ -23,7 +23,18 @@ pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Er
             reason: format!("longer than {MAX_ENCODED_LEN} bytes"),
         });
     }
-    let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    // Copy without the white space only when there is some: agents that re-encode send none,
+    // and the copy was a byte-by-byte loop on every exchange.
+    let bytes = input.as_bytes();
+    let compact: std::borrow::Cow<'_, [u8]> = if bytes.iter().any(u8::is_ascii_whitespace) {
+        bytes
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect()
+    } else {
+        bytes.into()
+    };
     if compact.is_empty() {
         return Err(Base64Error {
             reason: "empty".into(),
@@ -61,6 +72,13 @@ mod tests {
         assert!(decode_base64_lenient_whitespace("aGVs*bG8=").is_err());
         assert!(decode_base64_lenient_whitespace("aGVsbG8").is_err());
         assert!(decode_base64_lenient_whitespace("  ").is_err());
+        assert!(decode_base64_lenient_whitespace("").is_err());
+        // Without white space the input is decoded as it is.
+        assert_eq!(
+            decode_base64_lenient_whitespace("aGVsbG8=").unwrap(),
+            b"hello"
+        );
+        assert!(decode_base64_lenient_whitespace("aGVsbG8=\u{0}").is_err());
     }
 
     #[test]
