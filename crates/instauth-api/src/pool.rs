@@ -237,6 +237,29 @@ mod tests {
         }
     }
 
+    /// A job holding the only slot of a one-slot pool until released.
+    struct Held {
+        release: mpsc::Sender<()>,
+        job: tokio::task::JoinHandle<Result<Result<(), mpsc::RecvError>, PoolError>>,
+    }
+
+    impl Held {
+        async fn take(pool: &VerifyPool) -> Held {
+            let (release, held) = mpsc::channel::<()>();
+            let job = {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.run(move || held.recv()).await })
+            };
+            until("the slot to be taken", || pool.available() == 0).await;
+            Held { release, job }
+        }
+
+        async fn release(self) {
+            self.release.send(()).unwrap();
+            self.job.await.unwrap().unwrap().unwrap();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn never_runs_more_than_size_jobs_at_once_and_runs_them_all() {
         let pool = VerifyPool::new(2, Duration::from_secs(30));
@@ -267,12 +290,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queued_job_past_its_wait_is_busy_and_never_runs() {
         let pool = VerifyPool::new(1, Duration::from_millis(100));
-        let (release, held) = mpsc::channel::<()>();
-        let holder = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.run(move || held.recv()).await })
-        };
-        until("the slot to be taken", || pool.available() == 0).await;
+        let held = Held::take(&pool).await;
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
         let started = Instant::now();
@@ -286,8 +304,7 @@ mod tests {
             "{busy:?}"
         );
         assert!(started.elapsed() >= Duration::from_millis(100));
-        release.send(()).unwrap();
-        holder.await.unwrap().unwrap().unwrap();
+        held.release().await;
         until("the slot to come back", || pool.available() == 1).await;
         assert_eq!(ran.load(Ordering::SeqCst), 0, "an abandoned job ran");
         assert_eq!(pool.run(|| 7).await.unwrap(), 7);
@@ -320,12 +337,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_caller_leaves_its_queued_job_unrun() {
         let pool = VerifyPool::new(1, Duration::from_secs(30));
-        let (release, held) = mpsc::channel::<()>();
-        let holder = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.run(move || held.recv()).await })
-        };
-        until("the slot to be taken", || pool.available() == 0).await;
+        let held = Held::take(&pool).await;
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
         let waiting = {
@@ -343,8 +355,7 @@ mod tests {
         .await;
         waiting.abort();
         let _ = waiting.await;
-        release.send(()).unwrap();
-        holder.await.unwrap().unwrap().unwrap();
+        held.release().await;
         until("the slot to come back", || pool.available() == 1).await;
         assert_eq!(ran.load(Ordering::SeqCst), 0, "a job whose caller left ran");
     }
