@@ -116,6 +116,23 @@ pub fn postgres_ticks(postmaster: u32, database: Option<&str>) -> anyhow::Result
         database_backends: 0,
     };
     let needle = database.map(|d| format!(" {d} "));
+    // A process may exit between the listing and the read: its time then already sits in the
+    // postmaster's children ticks, read above or in the next snapshot.
+    for (dir, stat) in children(postmaster)? {
+        ticks.total += stat.own();
+        if let Some(needle) = &needle {
+            if is_backend_of(&dir, needle) {
+                ticks.database_backends += stat.own();
+            }
+        }
+    }
+    Ok(ticks)
+}
+
+/// The `/proc` directory and stat of each process whose parent is `parent` (a process that
+/// exits while it is listed is left out).
+fn children(parent: u32) -> anyhow::Result<Vec<(std::path::PathBuf, ProcStat)>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").context("listing /proc")? {
         let Ok(entry) = entry else { continue };
         let Some(pid) = entry
@@ -125,20 +142,12 @@ pub fn postgres_ticks(postmaster: u32, database: Option<&str>) -> anyhow::Result
         else {
             continue;
         };
-        // A process may exit between the listing and the read: its time then already sits in
-        // the postmaster's children ticks, read above or in the next snapshot.
         let Ok(stat) = read_stat(pid) else { continue };
-        if stat.ppid != postmaster {
-            continue;
-        }
-        ticks.total += stat.own();
-        if let Some(needle) = &needle {
-            if is_backend_of(&entry.path(), needle) {
-                ticks.database_backends += stat.own();
-            }
+        if stat.ppid == parent {
+            found.push((entry.path(), stat));
         }
     }
-    Ok(ticks)
+    Ok(found)
 }
 
 /// Waits until the postmaster has reaped every backend of `database` (a client that just exited
@@ -148,23 +157,10 @@ pub fn wait_backends_reaped(postmaster: u32, database: &str) -> anyhow::Result<(
     let needle = format!(" {database} ");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let mut pending = 0;
-        for entry in std::fs::read_dir("/proc").context("listing /proc")? {
-            let Ok(entry) = entry else { continue };
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = read_stat(pid) else { continue };
-            if stat.ppid == postmaster
-                && (stat.state == 'Z' || is_backend_of(&entry.path(), &needle))
-            {
-                pending += 1;
-            }
-        }
+        let pending = children(postmaster)?
+            .into_iter()
+            .filter(|(dir, stat)| stat.state == 'Z' || is_backend_of(dir, &needle))
+            .count();
         if pending == 0 {
             return Ok(());
         }
