@@ -2,7 +2,10 @@
 //! cursor (oldest first) for the admin API.
 
 use chrono::NaiveDateTime;
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamp};
 use diesel_async::RunQueryDsl;
 use instauth_types::Provider;
 
@@ -10,7 +13,7 @@ use crate::insert::{insert_many, InsertMany};
 use crate::model::{AuditRecord, NewAuditRecord};
 use crate::schema::audit_log;
 use crate::text::Textual;
-use crate::{Result, Store};
+use crate::{Backend, Result, Store};
 use uuid::Uuid;
 
 #[derive(Insertable)]
@@ -33,10 +36,87 @@ struct AuditInsert {
 // A batch retried after a lost connection may already be stored: its uids say so.
 insert_many!(AuditInsert, audit_log::table, ignore_conflicts);
 
+/// A batch of records as PostgreSQL takes it: one array per column, in one statement whose
+/// text is the same for any batch size, so it is prepared once per connection. (A multi-row
+/// `VALUES` list is a new statement for every batch size, parsed and planned every time.)
+#[derive(Default)]
+struct AuditColumns {
+    time: Vec<NaiveDateTime>,
+    provider: Vec<Textual<Provider>>,
+    instance_id: Vec<String>,
+    agent_name: Vec<String>,
+    outcome: Vec<String>,
+    agent_id: Vec<Option<Textual<Uuid>>>,
+    remote_addr: Vec<String>,
+    reason: Vec<Option<String>>,
+    count: Vec<i32>,
+    uid: Vec<Textual<Uuid>>,
+}
+
+impl AuditColumns {
+    fn new(records: &[NewAuditRecord]) -> Self {
+        let mut c = AuditColumns::default();
+        for r in records {
+            c.time.push(r.time);
+            c.provider.push(Textual(r.provider));
+            c.instance_id.push(r.instance_id.clone());
+            c.agent_name.push(r.agent_name.clone());
+            c.outcome.push(r.outcome.clone());
+            c.agent_id.push(r.agent_id.map(Textual));
+            c.remote_addr.push(r.remote_addr.clone());
+            c.reason.push(r.reason.clone());
+            c.count.push(r.count);
+            c.uid.push(Textual(r.uid));
+        }
+        c
+    }
+}
+
+/// The statement's identity for the prepared-statement cache: the same for every batch.
+struct AuditColumnsId;
+
+impl QueryId for AuditColumns {
+    type QueryId = AuditColumnsId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for AuditColumns {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO audit_log (time, provider, instance_id, agent_name, outcome, agent_id, \
+             remote_addr, reason, count, uid) SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<Timestamp>, _>(&self.time)?;
+        out.push_sql("::timestamp[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.provider)?;
+        for texts in [&self.instance_id, &self.agent_name, &self.outcome] {
+            out.push_sql("::text[], ");
+            out.push_bind_param::<Array<Text>, _>(texts)?;
+        }
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.agent_id)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.remote_addr)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.reason)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Integer>, _>(&self.count)?;
+        out.push_sql("::int4[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.uid)?;
+        out.push_sql("::text[]) ON CONFLICT DO NOTHING");
+        Ok(())
+    }
+}
+
 impl Store {
     /// Writes audit records in as few statements as the bind limits allow.
     pub async fn insert_audit(&self, records: &[NewAuditRecord]) -> Result<()> {
         if records.is_empty() {
+            return Ok(());
+        }
+        if let Backend::Postgres(pool) = &self.inner.backend {
+            let mut conn = checkout!(pool);
+            AuditColumns::new(records).execute(&mut conn).await?;
             return Ok(());
         }
         let rows: Vec<AuditInsert> = records
