@@ -40,31 +40,31 @@ insert_many!(AuditInsert, audit_log::table, ignore_conflicts);
 /// text is the same for any batch size, so it is prepared once per connection. (A multi-row
 /// `VALUES` list is a new statement for every batch size, parsed and planned every time.)
 #[derive(Default)]
-struct AuditColumns {
+struct AuditColumns<'a> {
     time: Vec<NaiveDateTime>,
     provider: Vec<Textual<Provider>>,
-    instance_id: Vec<String>,
-    agent_name: Vec<String>,
-    outcome: Vec<String>,
+    instance_id: Vec<&'a str>,
+    agent_name: Vec<&'a str>,
+    outcome: Vec<&'a str>,
     agent_id: Vec<Option<Textual<Uuid>>>,
-    remote_addr: Vec<String>,
-    reason: Vec<Option<String>>,
+    remote_addr: Vec<&'a str>,
+    reason: Vec<Option<&'a str>>,
     count: Vec<i32>,
     uid: Vec<Textual<Uuid>>,
 }
 
-impl AuditColumns {
-    fn new(records: &[NewAuditRecord]) -> Self {
+impl<'a> AuditColumns<'a> {
+    fn new(records: &'a [NewAuditRecord]) -> Self {
         let mut c = AuditColumns::default();
         for r in records {
             c.time.push(r.time);
             c.provider.push(Textual(r.provider));
-            c.instance_id.push(r.instance_id.clone());
-            c.agent_name.push(r.agent_name.clone());
-            c.outcome.push(r.outcome.clone());
+            c.instance_id.push(&r.instance_id);
+            c.agent_name.push(&r.agent_name);
+            c.outcome.push(&r.outcome);
             c.agent_id.push(r.agent_id.map(Textual));
-            c.remote_addr.push(r.remote_addr.clone());
-            c.reason.push(r.reason.clone());
+            c.remote_addr.push(&r.remote_addr);
+            c.reason.push(r.reason.as_deref());
             c.count.push(r.count);
             c.uid.push(Textual(r.uid));
         }
@@ -75,12 +75,12 @@ impl AuditColumns {
 /// The statement's identity for the prepared-statement cache: the same for every batch.
 struct AuditColumnsId;
 
-impl QueryId for AuditColumns {
+impl QueryId for AuditColumns<'_> {
     type QueryId = AuditColumnsId;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl QueryFragment<Pg> for AuditColumns {
+impl QueryFragment<Pg> for AuditColumns<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(
             "INSERT INTO audit_log (time, provider, instance_id, agent_name, outcome, agent_id, \
@@ -109,32 +109,39 @@ impl QueryFragment<Pg> for AuditColumns {
 }
 
 impl Store {
-    /// Writes audit records in as few statements as the bind limits allow.
+    /// Writes audit records: one statement on PostgreSQL, as few as the bind limit allows on
+    /// SQLite.
     pub async fn insert_audit(&self, records: &[NewAuditRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        if let Backend::Postgres(pool) = &self.inner.backend {
-            let mut conn = checkout!(pool);
-            AuditColumns::new(records).execute(&mut conn).await?;
-            return Ok(());
+        match &self.inner.backend {
+            Backend::Postgres(pool) => {
+                let mut conn = checkout!(pool);
+                AuditColumns::new(records).execute(&mut conn).await?;
+            }
+            Backend::Sqlite(pool) => {
+                let rows: Vec<AuditInsert> = records
+                    .iter()
+                    .map(|r| AuditInsert {
+                        time: r.time,
+                        provider: r.provider,
+                        instance_id: r.instance_id.clone(),
+                        agent_name: r.agent_name.clone(),
+                        outcome: r.outcome.clone(),
+                        agent_id: r.agent_id.map(|id| id.hyphenated().to_string()),
+                        remote_addr: r.remote_addr.clone(),
+                        reason: r.reason.clone(),
+                        count: r.count,
+                        uid: r.uid,
+                    })
+                    .collect();
+                let mut pooled = checkout!(pool);
+                let conn: &mut crate::SqliteConn = &mut pooled;
+                conn.insert_many(rows).await?;
+            }
         }
-        let rows: Vec<AuditInsert> = records
-            .iter()
-            .map(|r| AuditInsert {
-                time: r.time,
-                provider: r.provider,
-                instance_id: r.instance_id.clone(),
-                agent_name: r.agent_name.clone(),
-                outcome: r.outcome.clone(),
-                agent_id: r.agent_id.map(|id| id.hyphenated().to_string()),
-                remote_addr: r.remote_addr.clone(),
-                reason: r.reason.clone(),
-                count: r.count,
-                uid: r.uid,
-            })
-            .collect();
-        with_conn!(self, |conn| Ok(conn.insert_many(rows).await?))
+        Ok(())
     }
 
     /// Deletes at most `limit` of the oldest records older than `before`; returns how many.
