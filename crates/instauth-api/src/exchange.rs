@@ -60,22 +60,10 @@ fn check(out: &mut Vec<ValidationError>, field: &str, ok: bool, detail: &str) {
 /// only on values already bounded by their field's maximum; decodes into a reused per-thread
 /// buffer, copying the text only when it holds whitespace (agents send none).
 fn is_base64(s: &str) -> bool {
-    use std::borrow::Cow;
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let bytes = s.as_bytes();
-    let compact: Cow<'_, [u8]> = if bytes.iter().any(u8::is_ascii_whitespace) {
-        Cow::Owned(
-            bytes
-                .iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(bytes)
-    };
+    let compact = instauth_verify::encoding::without_whitespace(s);
     SCRATCH.with_borrow_mut(|buf| {
         buf.resize(base64::decoded_len_estimate(compact.len()), 0);
         base64::engine::general_purpose::STANDARD

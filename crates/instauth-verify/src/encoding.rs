@@ -13,6 +13,21 @@ pub struct Base64Error {
 /// Inputs larger than this are refused before decoding; real proofs are a few KiB.
 pub const MAX_ENCODED_LEN: usize = 256 * 1024;
 
+/// `input`'s bytes without ASCII white space, copied only when there is some (agents that
+/// re-encode send none, and a proof is checked on every exchange).
+pub fn without_whitespace(input: &str) -> std::borrow::Cow<'_, [u8]> {
+    let bytes = input.as_bytes();
+    if bytes.iter().any(u8::is_ascii_whitespace) {
+        bytes
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect()
+    } else {
+        bytes.into()
+    }
+}
+
 /// Decodes standard, padded base64, ignoring ASCII white space.
 ///
 /// IMDS returns the AWS signature and PKCS#7 bodies wrapped at 64 or 76 columns, and agents pass
@@ -23,18 +38,7 @@ pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Er
             reason: format!("longer than {MAX_ENCODED_LEN} bytes"),
         });
     }
-    // Copy without the white space only when there is some: agents that re-encode send none,
-    // and the copy was a byte-by-byte loop on every exchange.
-    let bytes = input.as_bytes();
-    let compact: std::borrow::Cow<'_, [u8]> = if bytes.iter().any(u8::is_ascii_whitespace) {
-        bytes
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect()
-    } else {
-        bytes.into()
-    };
+    let compact = without_whitespace(input);
     if compact.is_empty() {
         return Err(Base64Error {
             reason: "empty".into(),
