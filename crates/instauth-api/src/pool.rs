@@ -150,7 +150,7 @@ impl VerifyPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let claim = Arc::clone(&state);
         let job: Job = Box::new(move || {
@@ -171,7 +171,7 @@ impl VerifyPool {
             // The caller may be gone; the work is done either way.
             let _ = tx.send(done);
         });
-        let _abandon = Abandon(state);
+        let abandon = Abandon(state);
         let start_thread = {
             let mut q = self.shared.lock();
             q.jobs.push_back(job);
@@ -186,11 +186,10 @@ impl VerifyPool {
             // The handle is not awaited: the thread reports through each job's channel.
             drop(tokio::task::spawn_blocking(move || shared.drain()));
         }
-        let mut rx = rx;
         match tokio::time::timeout(self.wait, &mut rx).await {
             Ok(done) => done.unwrap_or_else(|_| Err(self.lost())),
             // Still queued: give up (the job will be skipped). Claimed: it runs now, wait.
-            Err(_) => match _abandon.0.compare_exchange(
+            Err(_) => match abandon.0.compare_exchange(
                 QUEUED,
                 ABANDONED,
                 Ordering::AcqRel,
