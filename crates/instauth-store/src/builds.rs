@@ -1,13 +1,14 @@
 //! Creating builds: the workspace (created on first use), the build row, its resources and
-//! agents, and the switch of the workspace's latest build, in one transaction. A new build's
-//! agents start with no agent key bound.
+//! agents with their heartbeat rows, and the switch of the workspace's latest build, in one
+//! transaction. A new build's agents start with no agent key bound.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use instauth_types::{AgentAuth, LifecycleState, Provider};
+use instauth_types::{AgentAuth, Provider};
 use uuid::Uuid;
 
+use crate::heartbeats::NewHeartbeatRows;
 use crate::insert::{insert_many, InsertMany};
 use crate::model::{CreatedAgent, CreatedBuild};
 use crate::schema::{workspace_agents, workspace_builds, workspace_resources, workspaces};
@@ -32,8 +33,6 @@ struct AgentInsert {
     auth: AgentAuth,
     auth_instance_id: Option<String>,
     auth_token_hash: Option<Vec<u8>>,
-    #[diesel(serialize_as = Textual<LifecycleState>)]
-    lifecycle_state: LifecycleState,
     created_at: NaiveDateTime,
     require_agent_key: bool,
 }
@@ -101,7 +100,6 @@ fn build_rows(
                 auth: a.auth,
                 auth_instance_id: a.instance_id.clone(),
                 auth_token_hash: a.token_hash.clone(),
-                lifecycle_state: LifecycleState::Created,
                 created_at: at,
                 require_agent_key: a.require_agent_key,
             }
@@ -201,6 +199,11 @@ impl Store {
                 let rows = build_rows(build, build_id, workspace_id, at);
                 conn.insert_many(rows.resources).await?;
                 conn.insert_many(rows.agents).await?;
+                NewHeartbeatRows {
+                    build_id: &build_id.hyphenated().to_string(),
+                }
+                .execute(conn)
+                .await?;
                 diesel::update(workspaces::table.find(text(workspace_id)))
                     .set(workspaces::latest_build_id.eq(text(build_id)))
                     .execute(conn)

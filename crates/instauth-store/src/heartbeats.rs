@@ -9,14 +9,20 @@
 //! dozens of heartbeats. Within a batch
 //! the last heartbeat of an agent wins, so a change to `shutting_down` or `off` sent after
 //! `ready` is what is stored.
+//!
+//! What heartbeats write lives in `agent_heartbeats`, one narrow row per agent made with its
+//! build, rather than in the wide agent row: a fleet's heartbeat state stays in the database's
+//! cache (PostgreSQL: about 110 bytes an agent with its uuid key's index, against about 450 in
+//! `workspace_agents`). Its key is a `uuid` on PostgreSQL and text on SQLite, so its statements
+//! are written here per backend rather than through the shared diesel schema.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::pg::Pg;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{Array, Text, Timestamp};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, Nullable, Text, Timestamp};
 use diesel::sqlite::Sqlite;
 use diesel::QueryResult;
 use diesel_async::RunQueryDsl;
@@ -24,17 +30,28 @@ use instauth_types::LifecycleState;
 use uuid::Uuid;
 
 use crate::batch::Kind;
+use crate::text::Textual;
 use crate::{now, Backend, Result, Store, StoreError};
 
 /// Most heartbeats in one statement (SQLite's JSON text and PostgreSQL's arrays take any
 /// number; this bounds one statement's time and memory).
 pub const MAX_BATCH: usize = 4096;
 
-/// One batch's statement. Its text is fixed whatever the batch size, so it is prepared once per
+/// Implements `QueryId` for statements whose text never changes, so each is prepared once per
 /// connection and cached (a `sql_query` would be parsed and planned again every time).
+macro_rules! static_query_id {
+    ($($t:ident),+) => {$(
+        impl QueryId for $t<'_> {
+            type QueryId = $t<'static>;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+    )+};
+}
+
+/// One batch's statement.
 struct BatchUpdate<'a> {
     /// Agent ids (PostgreSQL).
-    ids: &'a [String],
+    ids: &'a [Uuid],
     /// Their lifecycle states (PostgreSQL).
     states: &'a [&'static str],
     /// `[[id, state], …]` (SQLite).
@@ -42,28 +59,44 @@ struct BatchUpdate<'a> {
     at: NaiveDateTime,
 }
 
-/// The statement's identity for the prepared-statement cache: the same for every batch.
-struct BatchUpdateId;
-
-impl QueryId for BatchUpdate<'_> {
-    type QueryId = BatchUpdateId;
-    const HAS_STATIC_QUERY_ID: bool = true;
+/// Makes the heartbeat rows of one build's agents: `created`, never connected.
+pub(crate) struct NewHeartbeatRows<'a> {
+    /// The build, as stored.
+    pub(crate) build_id: &'a str,
 }
+
+/// The heartbeat state of some agents: (id, lifecycle state, first and last connection).
+pub(crate) struct HeartbeatStates<'a> {
+    /// The agents (PostgreSQL).
+    ids: &'a [Uuid],
+    /// `[id, …]` (SQLite).
+    json: &'a str,
+}
+
+/// A row of [`HeartbeatStates`].
+pub(crate) type HeartbeatState = (
+    Textual<Uuid>,
+    Textual<LifecycleState>,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+);
+
+static_query_id!(BatchUpdate, NewHeartbeatRows, HeartbeatStates);
 
 impl QueryFragment<Pg> for BatchUpdate<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(
-            "UPDATE workspace_agents AS a SET lifecycle_state = v.state, \
-             first_connected_at = COALESCE(a.first_connected_at, ",
+            "UPDATE agent_heartbeats AS h SET lifecycle_state = v.state, \
+             first_connected_at = COALESCE(h.first_connected_at, ",
         );
         out.push_bind_param::<Timestamp, _>(&self.at)?;
         out.push_sql("), last_connected_at = ");
         out.push_bind_param::<Timestamp, _>(&self.at)?;
         out.push_sql(" FROM unnest(");
-        out.push_bind_param::<Array<Text>, _>(self.ids)?;
-        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(self.ids)?;
+        out.push_sql("::uuid[], ");
         out.push_bind_param::<Array<Text>, _>(self.states)?;
-        out.push_sql("::text[]) AS v(id, state) WHERE a.id = v.id");
+        out.push_sql("::text[]) AS v(id, state) WHERE h.agent_id = v.id");
         Ok(())
     }
 }
@@ -71,16 +104,74 @@ impl QueryFragment<Pg> for BatchUpdate<'_> {
 impl QueryFragment<Sqlite> for BatchUpdate<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         out.push_sql(
-            "UPDATE workspace_agents SET lifecycle_state = v.state, \
-             first_connected_at = COALESCE(workspace_agents.first_connected_at, ",
+            "UPDATE agent_heartbeats SET lifecycle_state = v.state, \
+             first_connected_at = COALESCE(agent_heartbeats.first_connected_at, ",
         );
         out.push_bind_param::<Timestamp, _>(&self.at)?;
         out.push_sql("), last_connected_at = ");
         out.push_bind_param::<Timestamp, _>(&self.at)?;
         out.push_sql(" FROM (SELECT value ->> 0 AS id, value ->> 1 AS state FROM json_each(");
         out.push_bind_param::<Text, _>(self.json)?;
-        out.push_sql(")) AS v WHERE workspace_agents.id = v.id");
+        out.push_sql(")) AS v WHERE agent_heartbeats.agent_id = v.id");
         Ok(())
+    }
+}
+
+impl QueryFragment<Pg> for NewHeartbeatRows<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO agent_heartbeats (agent_id, lifecycle_state) \
+             SELECT id::uuid, ",
+        );
+        out.push_bind_param::<Text, _>(LifecycleState::Created.as_str())?;
+        out.push_sql(" FROM workspace_agents WHERE build_id = ");
+        out.push_bind_param::<Text, _>(self.build_id)?;
+        Ok(())
+    }
+}
+
+impl QueryFragment<Sqlite> for NewHeartbeatRows<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO agent_heartbeats (agent_id, lifecycle_state) SELECT id, ");
+        out.push_bind_param::<Text, _>(LifecycleState::Created.as_str())?;
+        out.push_sql(" FROM workspace_agents WHERE build_id = ");
+        out.push_bind_param::<Text, _>(self.build_id)?;
+        Ok(())
+    }
+}
+
+impl Query for HeartbeatStates<'_> {
+    type SqlType = (Text, Text, Nullable<Timestamp>, Nullable<Timestamp>);
+}
+
+impl QueryFragment<Pg> for HeartbeatStates<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT agent_id::text, lifecycle_state, first_connected_at, last_connected_at \
+             FROM agent_heartbeats WHERE agent_id = ANY(",
+        );
+        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(self.ids)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+impl QueryFragment<Sqlite> for HeartbeatStates<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT agent_id, lifecycle_state, first_connected_at, last_connected_at \
+             FROM agent_heartbeats WHERE agent_id IN (SELECT value FROM json_each(",
+        );
+        out.push_bind_param::<Text, _>(self.json)?;
+        out.push_sql("))");
+        Ok(())
+    }
+}
+
+impl<'a> HeartbeatStates<'a> {
+    /// The statement for `ids`; `json` is their JSON array, which SQLite's form binds.
+    pub(crate) fn new(ids: &'a [Uuid], json: &'a str) -> Self {
+        HeartbeatStates { ids, json }
     }
 }
 
@@ -89,7 +180,7 @@ async fn write(store: &Store, batch: &[(Uuid, LifecycleState)], at: NaiveDateTim
     match &store.inner.backend {
         Backend::Postgres(pool) => {
             let mut conn = checkout!(pool);
-            let ids: Vec<String> = batch.iter().map(|(a, _)| a.to_string()).collect();
+            let ids: Vec<Uuid> = batch.iter().map(|(a, _)| *a).collect();
             let states: Vec<&'static str> = batch.iter().map(|(_, s)| s.as_str()).collect();
             BatchUpdate {
                 ids: &ids,

@@ -300,4 +300,100 @@ mod tests {
         );
         assert!(!d.contains("secret"), "{d}");
     }
+
+    /// Reverts the newest migration (its `down.sql`), as an operator rolling back would; returns
+    /// its version and the agents' heartbeat columns as the rollback left them.
+    fn revert_last_blocking(config: DatabaseConfig) -> (String, Vec<OldColumns>) {
+        let old = diesel::sql_query(
+            "SELECT name, lifecycle_state, first_connected_at FROM workspace_agents ORDER BY name",
+        );
+        match config {
+            DatabaseConfig::Postgres { url } => {
+                let mut conn = <diesel_async::async_connection_wrapper::AsyncConnectionWrapper<
+                    AsyncPgConnection,
+                > as diesel::Connection>::establish(&url)
+                .unwrap();
+                let version = conn
+                    .revert_last_migration(PG_MIGRATIONS)
+                    .unwrap()
+                    .to_string();
+                (version, old.load(&mut conn).unwrap())
+            }
+            DatabaseConfig::Sqlite { path } => {
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy()).unwrap();
+                let version = conn
+                    .revert_last_migration(SQLITE_MIGRATIONS)
+                    .unwrap()
+                    .to_string();
+                (version, old.load(&mut conn).unwrap())
+            }
+        }
+    }
+
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct OldColumns {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        lifecycle_state: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+        first_connected_at: Option<chrono::NaiveDateTime>,
+    }
+
+    // The heartbeat state moved from the agent rows to `agent_heartbeats`: rolling that
+    // migration back and applying it again keeps every agent's state on both backends.
+    crate::backend_test!(heartbeat_state_survives_its_migration, |store| async move {
+        use instauth_types::{
+            AgentAuth, AgentSpec, BuildRequest, LifecycleState, ResourceSpec, Wire,
+        };
+        let agent = |name: &str| AgentSpec {
+            name: name.into(),
+            auth: Wire::Known(AgentAuth::Token),
+            instance_id: None,
+            parent: None,
+            require_agent_key: false,
+        };
+        let build = BuildRequest {
+            resources: vec![ResourceSpec {
+                name: "vm".into(),
+                resource_type: "aws_instance".into(),
+                agents: vec![agent("dev"), agent("main")],
+                expect: None,
+            }],
+        };
+        let created = store
+            .create_build(&crate::validate_build("ws", build).unwrap())
+            .await
+            .unwrap();
+        let main = created.agents.iter().find(|a| a.name == "main").unwrap().id;
+        store
+            .record_heartbeat(main, LifecycleState::Ready)
+            .await
+            .unwrap();
+        let before = store.get_workspace("ws").await.unwrap().unwrap();
+        let first = before.agents[1].first_connected_at;
+        assert!(first.is_some());
+
+        let config = store.config().clone();
+        let (reverted, old) = tokio::task::spawn_blocking(move || revert_last_blocking(config))
+            .await
+            .unwrap();
+        assert_eq!(
+            reverted, "20261128000001",
+            "the newest migration moved the state"
+        );
+        let want = |name: &str, state: &str, first| OldColumns {
+            name: name.into(),
+            lifecycle_state: state.into(),
+            first_connected_at: first,
+        };
+        assert_eq!(
+            old,
+            [want("dev", "created", None), want("main", "ready", first)]
+        );
+
+        let applied = store.migrate().await.unwrap();
+        assert_eq!(applied, ["20261128000001"]);
+        assert_eq!(store.get_workspace("ws").await.unwrap().unwrap(), before);
+    });
 }

@@ -1,4 +1,7 @@
 //! The diesel schema shared by both backends (see `migrations/`).
+//!
+//! `agent_heartbeats` is not here: its key is a `uuid` on PostgreSQL and text on SQLite, so its
+//! statements are written per backend (`heartbeats.rs`).
 #![allow(missing_docs)]
 
 diesel::table! {
@@ -45,9 +48,6 @@ diesel::table! {
         auth -> Text,
         auth_instance_id -> Nullable<Text>,
         auth_token_hash -> Nullable<Binary>,
-        lifecycle_state -> Text,
-        first_connected_at -> Nullable<Timestamp>,
-        last_connected_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         deleted_at -> Nullable<Timestamp>,
         session_generation -> Integer,

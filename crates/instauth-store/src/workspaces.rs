@@ -8,6 +8,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use instauth_types::{AgentAuth, LifecycleState, Provider};
 use uuid::Uuid;
 
+use crate::heartbeats::{HeartbeatState, HeartbeatStates};
 use crate::model::{Agent, BoundKey, Resource, ResourceExpect, Workspace};
 use crate::schema::{workspace_agents, workspace_builds, workspace_resources, workspaces};
 use crate::text::{text, MaybeTextual, Textual};
@@ -48,10 +49,6 @@ struct AgentRow {
     instance_id: Option<String>,
     #[diesel(deserialize_as = MaybeTextual<Uuid>)]
     parent_id: Option<Uuid>,
-    #[diesel(deserialize_as = Textual<LifecycleState>)]
-    lifecycle_state: LifecycleState,
-    first_connected_at: Option<NaiveDateTime>,
-    last_connected_at: Option<NaiveDateTime>,
     require_agent_key: bool,
     agent_public_key: Option<Vec<u8>>,
     agent_key_bound_at: Option<NaiveDateTime>,
@@ -68,70 +65,79 @@ impl Store {
         Ok(self.load_workspaces(Some(name)).await?.into_iter().next())
     }
 
-    /// Three statements whatever the number of workspaces: the workspaces with their latest
-    /// build, then those builds' resources, then their agents.
+    /// Four statements whatever the number of workspaces: the workspaces with their latest
+    /// build, then those builds' resources, then their agents, then the agents' heartbeat state.
     async fn load_workspaces(&self, name: Option<&str>) -> Result<Vec<Workspace>> {
-        let (ws, resources, agents): (Vec<WorkspaceRow>, Vec<ResourceRow>, Vec<AgentRow>) =
-            with_conn!(self, |conn| {
-                let mut q = workspaces::table
-                    .inner_join(
-                        workspace_builds::table
-                            .on(workspaces::latest_build_id.eq(workspace_builds::id.nullable())),
-                    )
-                    .filter(workspaces::deleted_at.is_null())
-                    .select((
-                        workspaces::id,
-                        workspaces::name,
-                        workspace_builds::id,
-                        workspace_builds::build_number,
-                    ))
-                    .order(workspaces::name)
-                    .into_boxed();
-                if let Some(n) = name {
-                    q = q.filter(workspaces::name.eq(n));
-                }
-                let ws: Vec<WorkspaceRow> = q.load(conn).await?;
-                let build_ids: Vec<_> = ws.iter().map(|w| text(w.build_id)).collect();
-                let resources = workspace_resources::table
-                    .filter(workspace_resources::build_id.eq_any(&build_ids))
-                    .select((
-                        workspace_resources::build_id,
-                        workspace_resources::name,
-                        workspace_resources::resource_type,
-                        workspace_resources::expect_provider,
-                        workspace_resources::expect_account,
-                        workspace_resources::expect_location,
-                    ))
-                    .order(workspace_resources::name)
-                    .load(conn)
-                    .await?;
-                let agents = workspace_agents::table
-                    .inner_join(
-                        workspace_resources::table
-                            .on(workspace_resources::id.eq(workspace_agents::resource_id)),
-                    )
-                    .filter(workspace_agents::build_id.eq_any(&build_ids))
-                    .filter(workspace_agents::deleted_at.is_null())
-                    .select((
-                        workspace_agents::build_id,
-                        workspace_agents::id,
-                        workspace_agents::name,
-                        workspace_resources::name,
-                        workspace_agents::auth,
-                        workspace_agents::auth_instance_id,
-                        workspace_agents::parent_id,
-                        workspace_agents::lifecycle_state,
-                        workspace_agents::first_connected_at,
-                        workspace_agents::last_connected_at,
-                        workspace_agents::require_agent_key,
-                        workspace_agents::agent_public_key,
-                        workspace_agents::agent_key_bound_at,
-                    ))
-                    .order(workspace_agents::name)
-                    .load(conn)
-                    .await?;
-                (ws, resources, agents)
-            });
+        let (ws, resources, agents, states): (
+            Vec<WorkspaceRow>,
+            Vec<ResourceRow>,
+            Vec<AgentRow>,
+            Vec<HeartbeatState>,
+        ) = with_conn!(self, |conn| {
+            let mut q = workspaces::table
+                .inner_join(
+                    workspace_builds::table
+                        .on(workspaces::latest_build_id.eq(workspace_builds::id.nullable())),
+                )
+                .filter(workspaces::deleted_at.is_null())
+                .select((
+                    workspaces::id,
+                    workspaces::name,
+                    workspace_builds::id,
+                    workspace_builds::build_number,
+                ))
+                .order(workspaces::name)
+                .into_boxed();
+            if let Some(n) = name {
+                q = q.filter(workspaces::name.eq(n));
+            }
+            let ws: Vec<WorkspaceRow> = q.load(conn).await?;
+            let build_ids: Vec<_> = ws.iter().map(|w| text(w.build_id)).collect();
+            let resources = workspace_resources::table
+                .filter(workspace_resources::build_id.eq_any(&build_ids))
+                .select((
+                    workspace_resources::build_id,
+                    workspace_resources::name,
+                    workspace_resources::resource_type,
+                    workspace_resources::expect_provider,
+                    workspace_resources::expect_account,
+                    workspace_resources::expect_location,
+                ))
+                .order(workspace_resources::name)
+                .load(conn)
+                .await?;
+            let agents = workspace_agents::table
+                .inner_join(
+                    workspace_resources::table
+                        .on(workspace_resources::id.eq(workspace_agents::resource_id)),
+                )
+                .filter(workspace_agents::build_id.eq_any(&build_ids))
+                .filter(workspace_agents::deleted_at.is_null())
+                .select((
+                    workspace_agents::build_id,
+                    workspace_agents::id,
+                    workspace_agents::name,
+                    workspace_resources::name,
+                    workspace_agents::auth,
+                    workspace_agents::auth_instance_id,
+                    workspace_agents::parent_id,
+                    workspace_agents::require_agent_key,
+                    workspace_agents::agent_public_key,
+                    workspace_agents::agent_key_bound_at,
+                ))
+                .order(workspace_agents::name)
+                .load::<AgentRow>(conn)
+                .await?;
+            let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
+            let json = serde_json::to_string(&ids)
+                .map_err(|e| StoreError::Corrupt(format!("agent ids: {e}")))?;
+            let states = HeartbeatStates::new(&ids, &json).load(conn).await?;
+            (ws, resources, agents, states)
+        });
+        let states: HashMap<Uuid, _> = states
+            .into_iter()
+            .map(|(id, state, first, last)| (id.0, (state.0, first, last)))
+            .collect();
         let names: HashMap<Uuid, &str> = agents.iter().map(|a| (a.id, a.name.as_str())).collect();
         Ok(ws
             .iter()
@@ -165,9 +171,9 @@ impl Store {
                             .parent_id
                             .and_then(|p| names.get(&p))
                             .map(|s| (*s).to_owned()),
-                        lifecycle_state: a.lifecycle_state,
-                        first_connected_at: a.first_connected_at,
-                        last_connected_at: a.last_connected_at,
+                        lifecycle_state: states.get(&a.id).map_or(LifecycleState::Created, |s| s.0),
+                        first_connected_at: states.get(&a.id).and_then(|s| s.1),
+                        last_connected_at: states.get(&a.id).and_then(|s| s.2),
                         require_agent_key: a.require_agent_key,
                         agent_key: match (&a.agent_public_key, a.agent_key_bound_at) {
                             (Some(k), Some(at)) => Some(BoundKey {
