@@ -379,7 +379,10 @@ async fn exchange<R: ExchangeBody>(
         remote_addr: remote,
         reason: None,
         count: 1,
-        uid: uuid::Uuid::new_v4(),
+        // Time-ordered, so the unique index on it grows at its right edge like the serial key
+        // (a random id lands on a random leaf page: measured about 5 µs more PostgreSQL CPU per
+        // record, docs/BENCHMARKS.md).
+        uid: uuid::Uuid::now_v7(),
     };
     let result: Result<Candidate, ApiError> = async {
         limited.map_err(|retry_after| ApiError::RateLimited { retry_after })?;
