@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamp};
 use diesel_async::RunQueryDsl;
 use instauth_types::Provider;
@@ -72,13 +72,7 @@ impl<'a> AuditColumns<'a> {
     }
 }
 
-/// The statement's identity for the prepared-statement cache: the same for every batch.
-struct AuditColumnsId;
-
-impl QueryId for AuditColumns<'_> {
-    type QueryId = AuditColumnsId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
+static_query_id!(AuditColumns);
 
 impl QueryFragment<Pg> for AuditColumns<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::pg::Pg;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, Query, QueryFragment};
 use diesel::sql_types::{Array, Nullable, Text, Timestamp};
 use diesel::sqlite::Sqlite;
 use diesel::QueryResult;
@@ -36,17 +36,6 @@ use crate::{now, Backend, Result, Store, StoreError};
 /// Most heartbeats in one statement (SQLite's JSON text and PostgreSQL's arrays take any
 /// number; this bounds one statement's time and memory).
 pub const MAX_BATCH: usize = 4096;
-
-/// Implements `QueryId` for statements whose text never changes, so each is prepared once per
-/// connection and cached (a `sql_query` would be parsed and planned again every time).
-macro_rules! static_query_id {
-    ($($t:ident),+) => {$(
-        impl QueryId for $t<'_> {
-            type QueryId = $t<'static>;
-            const HAS_STATIC_QUERY_ID: bool = true;
-        }
-    )+};
-}
 
 /// One batch's statement.
 struct BatchUpdate<'a> {

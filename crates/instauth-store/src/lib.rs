@@ -58,6 +58,17 @@ macro_rules! with_conn {
     };
 }
 
+/// Implements `QueryId` for statements whose text never changes, so each is prepared once per
+/// connection and cached (a `sql_query` would be parsed and planned again every time).
+macro_rules! static_query_id {
+    ($($t:ident),+) => {$(
+        impl diesel::query_builder::QueryId for $t<'_> {
+            type QueryId = $t<'static>;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+    )+};
+}
+
 mod agents;
 mod aia;
 mod audit;
