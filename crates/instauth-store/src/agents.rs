@@ -273,12 +273,16 @@ impl Store {
             .is_some_and(|l| l.session_generation == generation))
     }
 
-    /// The liveness of `agent_id` (cache, else one read).
+    /// The liveness of `agent_id` (cache, else one read). Both answers are cached: "not live"
+    /// is final (see `Liveness::gone`).
     pub async fn live_agent(&self, agent_id: Uuid) -> Result<Option<Live>> {
         let cache = &self.inner.liveness;
         crate::liveness::start_watch(cache, &self.inner.config);
         if let Some(l) = cache.agent(agent_id) {
             return Ok(Some(l));
+        }
+        if cache.gone(agent_id) {
+            return Ok(None);
         }
         cache.miss();
         let read_at = cache.begin_read();
@@ -290,23 +294,29 @@ impl Store {
                 .await
                 .optional()?
         });
-        Ok(row.map(|(ws, generation)| {
-            let live = Live {
-                workspace_id: ws.0,
-                session_generation: generation,
-            };
-            cache.insert(agent_id, live, read_at, None);
-            live
-        }))
+        let Some((ws, generation)) = row else {
+            cache.insert_gone(agent_id, read_at);
+            return Ok(None);
+        };
+        let live = Live {
+            workspace_id: ws.0,
+            session_generation: generation,
+        };
+        cache.insert(agent_id, live, read_at, None);
+        Ok(Some(live))
     }
 
     /// The live agent a static agent token (by its SHA-256) belongs to: from the liveness
-    /// cache, else one read by the token index, whose answer is cached.
+    /// cache, else one read by the token index, whose answer is cached (a "no" only for a token
+    /// the cache saw live).
     pub async fn token_live(&self, token_hash: &[u8; 32]) -> Result<Option<Uuid>> {
         let cache = &self.inner.liveness;
         crate::liveness::start_watch(cache, &self.inner.config);
         if let Some((agent, _)) = cache.token(token_hash) {
             return Ok(Some(agent));
+        }
+        if cache.token_gone(token_hash) {
+            return Ok(None);
         }
         cache.miss();
         let read_at = cache.begin_read();
@@ -322,14 +332,20 @@ impl Store {
                 .await
                 .optional()?
         });
-        Ok(row.map(|(agent, ws, generation)| {
-            let live = Live {
-                workspace_id: ws.0,
-                session_generation: generation,
-            };
-            cache.insert(agent.0, live, read_at, Some(*token_hash));
-            agent.0
-        }))
+        let Some((agent, ws, generation)) = row else {
+            // A token once seen live names one agent for good (the token index is unique over
+            // every agent row); an unknown one is never remembered, so guesses cost no memory.
+            if let Some(agent) = cache.token_agent(token_hash) {
+                cache.insert_gone(agent, read_at);
+            }
+            return Ok(None);
+        };
+        let live = Live {
+            workspace_id: ws.0,
+            session_generation: generation,
+        };
+        cache.insert(agent.0, live, read_at, Some(*token_hash));
+        Ok(Some(agent.0))
     }
 
     /// The liveness cache's counters.

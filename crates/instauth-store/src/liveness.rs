@@ -85,6 +85,12 @@ pub(crate) struct Liveness {
     tokens: Vec<Shard<[u8; 32], Uuid>>,
     /// Workspace → sequence number of its last invalidation.
     invalidated: Vec<Shard<Uuid, u64>>,
+    /// Agents a read found not live (deleted, in a deleted workspace or a superseded build),
+    /// with the read's sequence number. None of these is ever undone, so no invalidation
+    /// touches them: a revoked agent that keeps calling is answered without a database read.
+    /// Only ids from signed session tokens get here (real agents, so the set is bounded by the
+    /// fleet), never a static token's guess.
+    gone: Vec<Shard<Uuid, u64>>,
     seq: AtomicU64,
     /// Entries read before this are void (the last reset).
     floor: AtomicU64,
@@ -119,6 +125,7 @@ impl Liveness {
             agents: shards(),
             tokens: shards(),
             invalidated: shards(),
+            gone: shards(),
             seq: AtomicU64::new(1),
             floor: AtomicU64::new(1),
             active: AtomicBool::new(false),
@@ -176,6 +183,46 @@ impl Liveness {
         self.agent(agent).map(|l| (agent, l))
     }
 
+    /// True when a read found `agent` not live (and no reset came since).
+    pub(crate) fn gone(&self, agent: Uuid) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        let read_at = lock(&self.gone[shard_of(&agent)]).get(&agent).copied();
+        let gone = read_at.is_some_and(|r| r >= self.floor.load(Ordering::Acquire));
+        if gone {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        gone
+    }
+
+    /// The agent a static token was seen live for, whatever its state now.
+    pub(crate) fn token_agent(&self, hash: &[u8; 32]) -> Option<Uuid> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.tokens[shard_of(hash)]).get(hash).copied()
+    }
+
+    /// True when the agent a cached static token belonged to is now known not live.
+    pub(crate) fn token_gone(&self, hash: &[u8; 32]) -> bool {
+        self.token_agent(hash).is_some_and(|a| self.gone(a))
+    }
+
+    /// Records that a database read that began at `read_at` found `agent` not live.
+    pub(crate) fn insert_gone(&self, agent: Uuid, read_at: u64) {
+        if !self.active.load(Ordering::Acquire) || read_at < self.floor.load(Ordering::Acquire) {
+            return;
+        }
+        lock(&self.agents[shard_of(&agent)]).remove(&agent);
+        let mut shard = lock(&self.gone[shard_of(&agent)]);
+        if shard.len() >= self.capacity_per_shard && !shard.contains_key(&agent) {
+            shard.clear();
+            shard.shrink_to(self.capacity_per_shard);
+        }
+        shard.insert(agent, read_at);
+    }
+
     pub(crate) fn miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
@@ -231,6 +278,11 @@ impl Liveness {
         for m in &self.invalidated {
             lock(m).clear();
         }
+        for m in &self.gone {
+            let mut shard = lock(m);
+            shard.clear();
+            shard.shrink_to_fit();
+        }
     }
 
     /// The watch is running: drop what was cached before and start using the cache.
@@ -258,6 +310,11 @@ impl Liveness {
         }
         for m in &self.invalidated {
             bytes += lock(m).capacity() as u64 * slot(size_of::<Uuid>(), 8);
+        }
+        for m in &self.gone {
+            let s = lock(m);
+            entries += s.len() as u64;
+            bytes += s.capacity() as u64 * slot(size_of::<Uuid>(), 8);
         }
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
@@ -528,6 +585,30 @@ mod tests {
         assert_eq!(c.token(&[7; 32]), None);
         c.insert(a, live(ws, 0), c.begin_read(), Some([7; 32]));
         assert_eq!(c.token(&[7; 32]), Some((a, live(ws, 0))));
+    }
+
+    #[test]
+    fn gone_agents_stay_gone_until_a_reset() {
+        let c = Liveness::new(1600);
+        let (a, ws) = (Uuid::new_v4(), Uuid::new_v4());
+        c.insert_gone(a, c.begin_read());
+        assert!(!c.gone(a), "off: nothing is cached");
+        c.activate();
+        c.insert(a, live(ws, 0), c.begin_read(), Some([7; 32]));
+        c.insert_gone(a, c.begin_read());
+        assert!(c.gone(a) && c.token_gone(&[7; 32]));
+        assert_eq!(c.agent(a), None, "the live entry went with it");
+        c.invalidate(ws);
+        assert!(c.gone(a), "an invalidation never undoes it");
+        let before = c.begin_read();
+        c.reset();
+        assert!(!c.gone(a));
+        c.insert_gone(a, before);
+        assert!(!c.gone(a), "read before the reset");
+        for _ in 0..20_000 {
+            c.insert_gone(Uuid::new_v4(), c.begin_read());
+        }
+        assert!(c.stats().entries <= 1600, "{:?}", c.stats());
     }
 
     #[test]

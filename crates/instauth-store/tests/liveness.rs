@@ -63,6 +63,28 @@ async fn refused_within_a_second(store: &Store, agent: Uuid, generation: i32, wh
     }
 }
 
+// An agent found not live stays so (superseded builds and deleted workspaces are never
+// undone): its next checks are answered without a database read.
+backend_test!(a_revoked_agent_costs_one_read, |store| async move {
+    let old = create(&store, "ws", 1).await[0];
+    cached(&store, old, 0).await;
+    let next = create(&store, "ws", 1).await[0];
+    assert!(!store.session_live(old, 0).await.unwrap());
+    let before = store.liveness_stats();
+    for _ in 0..10 {
+        assert!(!store.session_live(old, 0).await.unwrap());
+    }
+    let after = store.liveness_stats();
+    assert_eq!(after.misses, before.misses, "{before:?} → {after:?}");
+    assert_eq!(after.hits, before.hits + 10);
+    cached(&store, next, 0).await;
+    assert!(store.delete_workspace("ws").await.unwrap());
+    assert!(!store.session_live(next, 0).await.unwrap());
+    let misses = store.liveness_stats().misses;
+    assert!(!store.session_live(next, 0).await.unwrap());
+    assert_eq!(store.liveness_stats().misses, misses);
+});
+
 backend_test!(
     revocations_reach_another_store_within_a_second,
     |a| async move {
@@ -135,6 +157,13 @@ backend_test!(static_tokens_are_cached_and_revoked, |a| async move {
     assert_eq!(a.token_live(&[8; 32]).await.unwrap(), None);
     assert!(a.delete_workspace("ws").await.unwrap());
     assert_eq!(a.token_live(&[9; 32]).await.unwrap(), None);
+    // The revoked token is answered from the cache from now on; an unknown one is never
+    // remembered (guesses would fill it), so it reads every time.
+    let misses = a.liveness_stats().misses;
+    assert_eq!(a.token_live(&[9; 32]).await.unwrap(), None);
+    assert_eq!(a.liveness_stats().misses, misses);
+    assert_eq!(a.token_live(&[8; 32]).await.unwrap(), None);
+    assert_eq!(a.liveness_stats().misses, misses + 1);
 });
 
 /// Concurrent heartbeats queued before the writer runs: a current-thread runtime runs every
