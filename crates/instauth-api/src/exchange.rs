@@ -435,6 +435,8 @@ async fn exchange<R: ExchangeBody>(
                 })
             }
         };
+        // From here on a refusal is about this agent: the audit names it.
+        audit.agent_id = Some(c.agent_id);
         if let Some(expect) = c.expect() {
             check_expectation(
                 &claims,
@@ -459,7 +461,6 @@ async fn exchange<R: ExchangeBody>(
     let took = started.elapsed();
     state.inner.metrics.exchange(provider, outcome, took);
     audit.outcome = outcome.into();
-    audit.agent_id = result.as_ref().ok().map(|c| c.agent_id);
     audit.reason = result.as_ref().err().and_then(ApiError::reason);
     tracing::info!(
         provider = provider.as_str(),

@@ -375,11 +375,21 @@ access_test!(
         assert_eq!(audit["outcome"], "forbidden");
         assert_eq!(audit["reason"], detail);
         assert_eq!(audit["instance_id"], "i-1");
-        // An allowed account, but the resource expects the other one.
+        assert_eq!(
+            audit["agent_id"],
+            Value::Null,
+            "refused before any agent was chosen"
+        );
+        // An allowed account, but the resource expects the other one: the audit names the
+        // agent the proof was refused for.
         let p = unsigned(srv.aws_proof("i-1", REGION, OTHER_ACCOUNT));
         assert_forbidden(
             srv.post(AWS_PATH, &p).await,
             r#"account_id: expected "111111111111" (expect of resource "vm"), got "222222222222""#,
+        );
+        assert_eq!(
+            srv.last_audit().await["agent_id"],
+            srv.agent("ws", "main").await["id"]
         );
         // Azure.
         let p = unsigned(srv.azure_proof("vm-1", "sub-1", Some("westeurope")));
@@ -669,7 +679,9 @@ access_test!(
                 fp(&a)
             )
         );
-        assert_eq!(srv.last_audit().await["outcome"], "key_required");
+        let audit = srv.last_audit().await;
+        assert_eq!(audit["outcome"], "key_required");
+        assert_eq!(audit["agent_id"], srv.agent("ws", "main").await["id"]);
         let (status, body) = srv.aws("i-1", Some("main"), Some(&b)).await;
         assert_eq!(
             (status, body["message"].as_str()),
@@ -686,6 +698,7 @@ access_test!(
         let audit = srv.last_audit().await;
         assert_eq!(audit["outcome"], "key_mismatch");
         assert_eq!(audit["reason"], body["detail"]);
+        assert_eq!(audit["agent_id"], srv.agent("ws", "main").await["id"]);
 
         // A captured (proof, time, signature) replays only within 60 s of the server's clock.
         let captured = srv.aws_signed("i-1", Some("main"), Some(&a));
@@ -760,7 +773,9 @@ access_test!(
             body["detail"],
             "agent \"main\" is declared with require_agent_key; the request carries no agent key"
         );
-        assert_eq!(srv.last_audit().await["outcome"], "key_required");
+        let audit = srv.last_audit().await;
+        assert_eq!(audit["outcome"], "key_required");
+        assert_eq!(audit["agent_id"], main["id"]);
         assert_eq!(
             srv.aws("i-1", Some("dev"), None).await.0,
             200,
