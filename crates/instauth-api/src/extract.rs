@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use instauth_types::ValidationError;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
@@ -30,7 +31,8 @@ async fn body<S: Send + Sync>(
     })
 }
 
-/// A JSON body of at most the route's body limit: too large → 413, not JSON → 400.
+/// A JSON body of at most the route's body limit: too large → 413, not JSON → 400; JSON whose
+/// fields have the wrong shape → 400 "Validation failed." naming the field (SPEC §2).
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -38,9 +40,79 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = body(req, state, ApiError::BadJson).await?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|_| ApiError::BadJson)
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a JSON body. Only a type or value error (well-formed JSON, wrong shape) names its
+/// field; broken JSON stays "must be valid JSON".
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() != serde_json::error::Category::Data {
+            return ApiError::BadJson;
+        }
+        ApiError::Validation(vec![shape_error(&path, &inner)])
+    })?;
+    de.end().map_err(|_| ApiError::BadJson)?;
+    Ok(value)
+}
+
+/// The field and what is wrong with it, from serde's message without the value it quotes (a
+/// misplaced proof or token is not sent back) and without the line and column.
+fn shape_error(path: &str, e: &serde_json::Error) -> ValidationError {
+    let message = e.to_string();
+    let message = match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => &message,
+    };
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        let field = match path {
+            "." | "" => name.to_owned(),
+            parent => format!("{parent}.{name}"),
+        };
+        return ValidationError {
+            field: bounded(&field),
+            detail: "required".into(),
+        };
+    }
+    // A flattened struct's field names itself: "field: what is wrong".
+    if matches!(path, "." | "") {
+        if let Some((field, detail)) = message.split_once(": ") {
+            if !field.is_empty() && field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                return ValidationError {
+                    field: field.to_owned(),
+                    detail: bounded(detail),
+                };
+            }
+        }
+    }
+    let detail = match (message.find(" \""), message.rfind("\", expected ")) {
+        (Some(start), Some(end)) if start < end => {
+            format!("{}, {}", &message[..start], &message[end + 3..])
+        }
+        _ => message.to_owned(),
+    };
+    ValidationError {
+        field: bounded(match path {
+            "." | "" => "body",
+            p => p,
+        }),
+        detail: bounded(&detail),
+    }
+}
+
+/// At most 200 characters: a path or an unknown variant can be as long as the body.
+fn bounded(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -156,6 +228,56 @@ impl FromRequestParts<AppState> for ClientAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        time: Option<i64>,
+        name: String,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+
+    fn refusal(body: &str) -> ApiError {
+        parse_json::<Outer>(body.as_bytes()).unwrap_err()
+    }
+
+    fn one(e: ApiError) -> (String, String) {
+        match e {
+            ApiError::Validation(v) if v.len() == 1 => (v[0].field.clone(), v[0].detail.clone()),
+            other => panic!("not one validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_shape_names_its_field_and_never_quotes_the_value() {
+        let (field, detail) = one(refusal(
+            r#"{"items":[{"name":"a"},{"name":"b","time":"SECRET-1"}]}"#,
+        ));
+        assert_eq!(field, "items[1].time");
+        assert_eq!(detail, "invalid type: string, expected i64");
+        assert_eq!(
+            one(refusal(r#"{"items":[{"time":1}]}"#)),
+            ("items[0].name".into(), "required".into())
+        );
+        assert_eq!(one(refusal(r#"{}"#)), ("items".into(), "required".into()));
+        assert_eq!(one(refusal("[]")).0, "body");
+        let long = format!(r#"{{"items":{{"{}":1}}}}"#, "k".repeat(5000));
+        let (field, detail) = one(refusal(&long));
+        assert!(field.chars().count() <= 201 && detail.chars().count() <= 201);
+    }
+
+    #[test]
+    fn broken_json_is_still_not_json() {
+        for body in ["", "{", r#"{"items":[]} trailing"#, "\u{0}"] {
+            assert!(matches!(refusal(body), ApiError::BadJson), "{body:?}");
+        }
+        assert!(parse_json::<Outer>(br#"{"items":[{"name":"a","time":3}]}"#).is_ok());
+    }
 
     #[test]
     fn forwarded_for_is_believed_from_trusted_proxies_only() {

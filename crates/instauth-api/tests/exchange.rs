@@ -410,6 +410,20 @@ server_test!(bad_requests_get_stable_4xx_bodies, |srv| async move {
         .collect();
     assert_eq!(fields, ["document", "signature"]);
 
+    // Well-formed JSON with a field of the wrong type names the field, not the value.
+    let mut p = serde_json::to_value(srv.aws_proof("i-1", None)).unwrap();
+    p["agent_key_time"] = json!("1700000000");
+    let (status, body) = srv
+        .post("/api/v2/workspaceagents/aws-instance-identity", &p)
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], "Validation failed.");
+    assert_eq!(body["validations"][0]["field"], "agent_key_time");
+    assert_eq!(
+        body["validations"][0]["detail"],
+        "must be an integer (Unix seconds)"
+    );
+
     let mut p = srv.aws_proof("i-1", None);
     p.pkcs7 = Some("***".into());
     let (status, body) = srv

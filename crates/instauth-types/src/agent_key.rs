@@ -81,17 +81,54 @@ impl ExchangeBody for GoogleInstanceIdentityRequest {
 }
 
 /// The agent key fields of an exchange body (SPEC §2): all three or none.
+///
+/// They are flattened into the proof's object, where serde no longer knows a field's path, so a
+/// value of the wrong type fails with `"<field>: <what is wrong>"` (the server's 400 names the
+/// field from that).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentKeyFields {
     /// base64url (no padding) of the agent's 32-byte Ed25519 public key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "public_key_field"
+    )]
     pub agent_public_key: Option<String>,
     /// When the agent signed, in Unix seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_field"
+    )]
     pub agent_key_time: Option<i64>,
     /// base64url (no padding) of the 64-byte Ed25519 signature of [`message`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "signature_field"
+    )]
     pub agent_key_signature: Option<String>,
+}
+
+/// Reads an optional field, failing with an error that names it and quotes nothing.
+fn named<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    field: &str,
+    want: &str,
+) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d).map_err(|_| serde::de::Error::custom(format!("{field}: {want}")))
+}
+
+fn public_key_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    named(d, "agent_public_key", "must be a string")
+}
+
+fn time_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    named(d, "agent_key_time", "must be an integer (Unix seconds)")
+}
+
+fn signature_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    named(d, "agent_key_signature", "must be a string")
 }
 
 impl AgentKeyFields {
