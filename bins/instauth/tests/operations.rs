@@ -148,6 +148,11 @@ fn files_are_private_and_loose_modes_are_tightened_at_start() {
     }
     let server = server_in(home.path(), &[]);
     assert!(server.wait_for_log("Tightened permissions"));
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour escapes in a piped log: {log:?}"
+    );
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("instauth.db")), 0o600);
     assert_eq!(mode(&data.join("admin-token")), 0o600);
