@@ -86,7 +86,7 @@ fn shape_error(path: &str, e: &serde_json::Error) -> ValidationError {
         if let Some((field, detail)) = message.split_once(": ") {
             if !field.is_empty() && field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
                 return ValidationError {
-                    field: field.to_owned(),
+                    field: bounded(field),
                     detail: bounded(detail),
                 };
             }
