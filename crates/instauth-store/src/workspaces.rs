@@ -161,27 +161,33 @@ impl Store {
                 agents: agents
                     .iter()
                     .filter(|a| a.build_id == w.build_id)
-                    .map(|a| Agent {
-                        id: a.id,
-                        name: a.name.clone(),
-                        resource_name: a.resource_name.clone(),
-                        auth: a.auth,
-                        instance_id: a.instance_id.clone(),
-                        parent: a
-                            .parent_id
-                            .and_then(|p| names.get(&p))
-                            .map(|s| (*s).to_owned()),
-                        lifecycle_state: states.get(&a.id).map_or(LifecycleState::Created, |s| s.0),
-                        first_connected_at: states.get(&a.id).and_then(|s| s.1),
-                        last_connected_at: states.get(&a.id).and_then(|s| s.2),
-                        require_agent_key: a.require_agent_key,
-                        agent_key: match (&a.agent_public_key, a.agent_key_bound_at) {
-                            (Some(k), Some(at)) => Some(BoundKey {
-                                public_key: k.clone(),
-                                bound_at: at,
-                            }),
-                            _ => None,
-                        },
+                    .map(|a| {
+                        let (lifecycle_state, first_connected_at, last_connected_at) = states
+                            .get(&a.id)
+                            .copied()
+                            .unwrap_or((LifecycleState::Created, None, None));
+                        Agent {
+                            id: a.id,
+                            name: a.name.clone(),
+                            resource_name: a.resource_name.clone(),
+                            auth: a.auth,
+                            instance_id: a.instance_id.clone(),
+                            parent: a
+                                .parent_id
+                                .and_then(|p| names.get(&p))
+                                .map(|s| (*s).to_owned()),
+                            lifecycle_state,
+                            first_connected_at,
+                            last_connected_at,
+                            require_agent_key: a.require_agent_key,
+                            agent_key: match (&a.agent_public_key, a.agent_key_bound_at) {
+                                (Some(k), Some(at)) => Some(BoundKey {
+                                    public_key: k.clone(),
+                                    bound_at: at,
+                                }),
+                                _ => None,
+                            },
+                        }
                     })
                     .collect(),
             })
