@@ -327,7 +327,7 @@ impl Liveness {
 mod tests {
     use super::*;
 
-    fn live(ws: Uuid, generation: i32) -> Live {
+    pub(super) fn live(ws: Uuid, generation: i32) -> Live {
         Live {
             workspace_id: ws,
             session_generation: generation,

@@ -208,14 +208,7 @@ pub(crate) fn start_watch(cache: &Arc<Liveness>, config: &crate::DatabaseConfig)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::liveness::Live;
-
-    fn live(ws: Uuid, generation: i32) -> Live {
-        Live {
-            workspace_id: ws,
-            session_generation: generation,
-        }
-    }
+    use crate::liveness::tests::live;
 
     #[test]
     fn notifications_name_a_workspace_or_drop_everything() {
