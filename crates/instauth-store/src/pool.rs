@@ -29,9 +29,11 @@ const MIGRATION_LOCK: i64 = 0x696e_7374_6175_7468;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite settings applied to every connection. WAL lets readers run beside the one writer;
-/// busy_timeout makes a second writer wait instead of failing at once.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
+/// busy_timeout makes a second writer wait instead of failing at once. It comes first: setting
+/// the journal mode reads the database, and a connection opened while another one writes must
+/// wait there too, or the pool fails to grow with "database is locked".
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 /// Which database to use.
 #[derive(Clone, PartialEq, Eq)]
@@ -299,6 +301,43 @@ mod tests {
             }
         );
         assert!(!d.contains("secret"), "{d}");
+    }
+
+    // A new pooled connection must wait for a writer like every statement does. Here another
+    // connection holds the file exclusively while the pool grows; it lets go while the new
+    // connection waits, which takes far less than the busy timeout.
+    #[tokio::test]
+    async fn a_new_sqlite_connection_waits_for_a_writer() {
+        use diesel::connection::SimpleConnection;
+        let db = crate::testing::TestDb::sqlite();
+        let config = db.store().await.config().clone();
+        // A store with no connection yet, so the ping below opens one.
+        let store = Store::connect(config.clone()).await.unwrap();
+        let DatabaseConfig::Sqlite { path } = config else {
+            unreachable!("a SQLite test database")
+        };
+        let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let holder = std::thread::spawn(move || {
+            let mut conn = SqliteConnection::establish(&path.to_string_lossy()).unwrap();
+            conn.batch_execute(
+                "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; \
+                 DELETE FROM audit_log; COMMIT;",
+            )
+            .unwrap();
+            held.0.send(()).unwrap();
+            release.1.recv().unwrap();
+            // Dropping the connection ends its exclusive lock.
+        });
+        held.1.recv().unwrap();
+        let opening = tokio::spawn({
+            let store = store.clone();
+            async move { store.ping().await }
+        });
+        // Let the new connection reach the lock before it is released.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        release.0.send(()).unwrap();
+        holder.join().unwrap();
+        opening.await.unwrap().expect("the new connection waited");
     }
 
     /// Reverts the newest migration (its `down.sql`), as an operator rolling back would; returns
