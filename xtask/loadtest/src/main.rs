@@ -86,11 +86,18 @@ struct Args {
     /// Use this `instauth` binary instead of building the release one.
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Also run this `instauth` binary (an older build), alternating with the one under test,
+    /// and print every measurement as a ratio to it: absolute numbers vary from host to host
+    /// and hour to hour, ratios measured side by side much less.
+    #[arg(long, conflicts_with = "smoke")]
+    baseline: Option<PathBuf>,
+    /// Runs of each binary with --baseline, alternating (baseline first).
+    #[arg(long, default_value_t = 2, requires = "baseline")]
+    rounds: usize,
 }
 
 /// Everything shared by the runs of one invocation.
 struct Context_ {
-    binary: PathBuf,
     postmaster: u32,
     clock_ticks: u64,
     pki: TestPki,
@@ -127,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         args.connections >= args.threads,
         "wrk needs at least one connection per thread"
     );
+    ensure!(args.rounds > 0, "--rounds must be positive");
     let backends = match args.backend.unwrap_or(if args.smoke {
         Backend::Both
     } else {
@@ -142,10 +150,19 @@ fn main() -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => build_release()?,
     };
+    // Each run: the binary, and its label when compared with a baseline.
+    let mut binaries = vec![(binary, None)];
+    if let Some(base) = &args.baseline {
+        ensure!(base.is_file(), "no baseline binary at {}", base.display());
+        let candidate = binaries.remove(0).0;
+        for round in 1..=args.rounds {
+            binaries.push((base.clone(), Some(format!("baseline {round}"))));
+            binaries.push((candidate.clone(), Some(format!("candidate {round}"))));
+        }
+    }
     pg::ensure_pgbench_database()?;
     pg::drop_orphaned_databases()?;
     let ctx = Context_ {
-        binary,
         postmaster: pg::postmaster_pid()?,
         clock_ticks: cpu::clock_ticks(),
         pki: TestPki::new(),
@@ -178,9 +195,12 @@ fn main() -> anyhow::Result<()> {
         let bodies = seed::proofs(&ctx.pki, &sampled)?;
         let proofs_s = started.elapsed().as_secs_f64();
         for &backend in &backends {
-            let mut r = run_one(&mut ctx, n, backend, &bodies)?;
-            r.proofs_s = proofs_s;
-            results.push(r);
+            for (binary, label) in &binaries {
+                let mut r = run_one(&mut ctx, binary, n, backend, &bodies)?;
+                r.proofs_s = proofs_s;
+                r.binary.clone_from(label);
+                results.push(r);
+            }
         }
     }
 
@@ -188,7 +208,8 @@ fn main() -> anyhow::Result<()> {
     println!("{}", report::markdown(&results));
     print!("{}", report::setup_lines(&results));
     let mut missed = Vec::new();
-    for r in &results {
+    // With a baseline, its runs are the yardstick, not candidates for the targets.
+    for r in results.iter().filter(|r| !r.is_baseline()) {
         let t = report::targets(r);
         if !t.is_empty() {
             println!(
@@ -201,11 +222,35 @@ fn main() -> anyhow::Result<()> {
         }
         missed.extend(t.into_iter().filter(|t| !t.met));
     }
+    if args.baseline.is_some() {
+        for &n in &sizes {
+            for &backend in &backends {
+                let name = backend_name(backend);
+                let runs: Vec<&RunResult> = results
+                    .iter()
+                    .filter(|r| r.backend == name && r.agents == n)
+                    .collect();
+                let (table, relative) = report::versus(&runs);
+                println!("\n{table}");
+                if !relative.is_empty() {
+                    println!(
+                        "{}",
+                        report::targets_markdown(
+                            &format!("issue 11 target as a ratio to the baseline ({name})"),
+                            &relative
+                        )
+                    );
+                }
+            }
+        }
+    }
     if sizes.len() > 1 {
         for &backend in &backends {
             let name = backend_name(backend);
-            let of_backend: Vec<&RunResult> =
-                results.iter().filter(|r| r.backend == name).collect();
+            let of_backend: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.backend == name && !r.is_baseline())
+                .collect();
             if let (Some(small), Some(large)) = (of_backend.first(), of_backend.last()) {
                 let (table, checks) = report::compare(small, large);
                 println!("\n{table}");
@@ -303,6 +348,7 @@ fn per_request(ctx: &Context_, ticks: u64, requests: u64) -> Option<f64> {
 
 fn run_one(
     ctx: &mut Context_,
+    binary: &Path,
     agents: usize,
     backend: Backend,
     bodies: &[String],
@@ -334,7 +380,7 @@ fn run_one(
     };
     let db_name = db.as_ref().map(|d| d.name().to_owned());
     let db_name = db_name.as_deref();
-    let mut srv = server::Server::start(&ctx.binary, dir.path(), &database, &token_file, &certs)?;
+    let mut srv = server::Server::start(binary, dir.path(), &database, &token_file, &certs)?;
     eprintln!("  {} (pid {})", srv.url, srv.pid);
 
     step(&format!(
@@ -525,6 +571,7 @@ fn run_one(
         tokens_s,
         loads,
         loadavg: (loadavg_before, cpu::loadavg()),
+        binary: None,
     })
 }
 

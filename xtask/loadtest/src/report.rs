@@ -52,12 +52,29 @@ pub struct RunResult {
     pub loads: Vec<LoadResult>,
     /// Load average when the run started and when it ended.
     pub loadavg: (String, String),
+    /// With `--baseline`: `baseline N` or `candidate N`, the binary and round of this run.
+    pub binary: Option<String>,
 }
 
 impl RunResult {
     /// The load of that name.
     pub fn load(&self, name: &str) -> Option<&LoadResult> {
         self.loads.iter().find(|l| l.name == name)
+    }
+
+    /// Whether this run measured the baseline binary.
+    pub fn is_baseline(&self) -> bool {
+        self.binary
+            .as_deref()
+            .is_some_and(|b| b.starts_with("baseline"))
+    }
+
+    /// The backend, and the binary when there are two.
+    fn label(&self) -> String {
+        match &self.binary {
+            Some(b) => format!("{} · {b}", self.backend),
+            None => self.backend.clone(),
+        }
     }
 
     /// `pgbench -S` transactions per second of the run.
@@ -121,7 +138,7 @@ pub fn markdown(runs: &[RunResult]) -> String {
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.backend,
+                r.label(),
                 count(r.agents as f64),
                 l.name,
                 count(l.rps),
@@ -147,7 +164,7 @@ pub fn setup_lines(runs: &[RunResult]) -> String {
             out,
             "{} {} agents: seeding {:.1} s ({} agents/s), signing {} proofs {:.1} s, \
              {} exchanges for tokens {:.1} s; load average {} → {}",
-            r.backend,
+            r.label(),
             count(r.agents as f64),
             r.seed_s,
             count(r.agents as f64 / r.seed_s.max(1e-9)),
@@ -284,6 +301,124 @@ pub fn compare(small: &RunResult, large: &RunResult) -> (String, Vec<Target>) {
     (out, checks)
 }
 
+/// What issue 11's table asks of the server relative to the one it measured ("today" →
+/// target): a candidate run beside that server can be judged on any host by these ratios.
+struct Relative {
+    /// The load and measurement, as [`versus`] names them.
+    load: &'static str,
+    measured: &'static str,
+    /// The target's name in issue 11's table.
+    what: &'static str,
+    /// Target over "today".
+    limit: f64,
+    /// "today" → target, as the issue gives them.
+    from: &'static str,
+}
+
+const RELATIVE_TARGETS: [Relative; 3] = [
+    Relative {
+        load: EXCHANGE,
+        measured: "p99",
+        what: "exchange p99",
+        limit: 5.0 / 10.0,
+        from: "10 → 5 ms",
+    },
+    Relative {
+        load: EXCHANGE,
+        measured: "server CPU",
+        what: "server CPU per exchange",
+        limit: 60.0 / 105.0,
+        from: "105 → 60 µs",
+    },
+    Relative {
+        load: HEARTBEAT,
+        measured: "PostgreSQL CPU",
+        what: "PostgreSQL CPU per heartbeat",
+        limit: 15.0 / 225.0,
+        from: "225 → 15 µs",
+    },
+];
+
+/// The candidate's runs beside the baseline's (`--baseline`), for one backend and fleet size:
+/// each measurement's mean over the rounds, and the candidate's mean over the baseline's with
+/// the range of the per-round ratios (round N of each ran back to back). Also the targets of
+/// issue 11 that its table gives in absolute numbers, as ratios to the server it measured; they
+/// hold only when the baseline is that server.
+pub fn versus(runs: &[&RunResult]) -> (String, Vec<Target>) {
+    let (base, cand): (Vec<&RunResult>, Vec<&RunResult>) =
+        runs.iter().partition(|r| r.is_baseline());
+    let Some(first) = runs.first() else {
+        return (String::new(), Vec::new());
+    };
+    let mut out = format!(
+        "| {} agents, {} | measurement | baseline | candidate | candidate ÷ baseline (per round) |\n\
+         |---|---|---|---|---|\n",
+        count(first.agents as f64),
+        first.backend
+    );
+    type Metric = (
+        &'static str,
+        fn(&RunResult, &LoadResult) -> Option<f64>,
+        fn(f64) -> String,
+    );
+    let metrics: [Metric; 6] = [
+        ("req/s", |_, l| Some(l.rps), count),
+        (
+            "× pgbench -S",
+            |r, l| r.pgbench_tps().filter(|t| *t > 0.0).map(|t| l.rps / t),
+            |x| format!("{x:.3}"),
+        ),
+        ("p50", |_, l| l.p50_us, ms),
+        ("p99", |_, l| l.p99_us, ms),
+        (
+            "server CPU",
+            |_, l| l.server_cpu_us,
+            |x| format!("{x:.0} µs"),
+        ),
+        (
+            "PostgreSQL CPU",
+            |_, l| l.pg_cpu_us,
+            |x| format!("{x:.0} µs"),
+        ),
+    ];
+    let mut relative = Vec::new();
+    for name in [EXCHANGE, HEARTBEAT] {
+        let values = |runs: &[&RunResult], f: fn(&RunResult, &LoadResult) -> Option<f64>| {
+            runs.iter()
+                .filter_map(|r| f(r, r.load(name)?))
+                .collect::<Vec<f64>>()
+        };
+        for (what, f, fmt) in metrics {
+            let (b, c) = (values(&base, f), values(&cand, f));
+            if b.is_empty() || c.is_empty() {
+                continue;
+            }
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let ratio = mean(&c) / mean(&b);
+            let rounds: Vec<f64> = b.iter().zip(&c).map(|(b, c)| c / b).collect();
+            let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = writeln!(
+                out,
+                "| {name} | {what} | {} | {} | {ratio:.2}× ({lo:.2}–{hi:.2}) |",
+                fmt(mean(&b)),
+                fmt(mean(&c)),
+            );
+            for t in &RELATIVE_TARGETS {
+                if (t.load, t.measured) == (name, what) && first.backend == "postgres" {
+                    relative.push(target(
+                        t.what,
+                        format!("{ratio:.2}×"),
+                        &format!("≤ {:.3}× ({})", t.limit, t.from),
+                        ratio <= t.limit,
+                    ));
+                }
+            }
+        }
+    }
+    (out, relative)
+}
+
 /// The targets as a markdown table.
 pub fn targets_markdown(label: &str, targets: &[Target]) -> String {
     let mut out = format!("| {label} | measured | target | met |\n|---|---|---|---|\n");
@@ -394,6 +529,53 @@ mod tests {
         assert!(table.contains("| exchange | 1.10× |"), "{table}");
         assert!(checks[0].met);
         assert!(!checks[1].met);
+    }
+
+    #[test]
+    fn versus_gives_candidate_over_baseline_per_round() {
+        let labelled = |label: &str, cpu: f64, p99: f64| {
+            let mut r = run("postgres");
+            r.binary = Some(label.into());
+            r.loads[0].server_cpu_us = Some(cpu);
+            r.loads[0].p99_us = Some(p99);
+            r
+        };
+        let runs = [
+            labelled("baseline 1", 200.0, 20_000.0),
+            labelled("candidate 1", 100.0, 12_000.0),
+            labelled("baseline 2", 300.0, 20_000.0),
+            labelled("candidate 2", 120.0, 8_000.0),
+        ];
+        let refs: Vec<&RunResult> = runs.iter().collect();
+        let (table, relative) = versus(&refs);
+        // Means 250 and 110 µs; rounds 0.50 and 0.40.
+        assert!(
+            table.contains("| exchange | server CPU | 250 µs | 110 µs | 0.44× (0.40–0.50) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| heartbeat | PostgreSQL CPU | 225 µs | 225 µs | 1.00× (1.00–1.00) |"),
+            "{table}"
+        );
+        let met: Vec<(&str, bool)> = relative.iter().map(|t| (t.what.as_str(), t.met)).collect();
+        assert_eq!(
+            met,
+            [
+                ("exchange p99", true),
+                ("server CPU per exchange", true),
+                ("PostgreSQL CPU per heartbeat", false)
+            ]
+        );
+        assert!(markdown(&runs).contains("| postgres · candidate 2 | 100,000 | exchange |"));
+        // SQLite has no targets of this kind.
+        let sqlite: Vec<RunResult> = runs
+            .iter()
+            .map(|r| RunResult {
+                backend: "sqlite".into(),
+                ..r.clone()
+            })
+            .collect();
+        assert!(versus(&sqlite.iter().collect::<Vec<_>>()).1.is_empty());
     }
 
     #[test]
