@@ -7,6 +7,10 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use crate::schema::session_keys;
 use crate::{now, Result, Store, StoreError};
 
+/// Key of the PostgreSQL advisory lock a key rotation holds until it commits (arbitrary,
+/// fixed: "rotation").
+const ROTATION_LOCK: i64 = 0x726f_7461_7469_6f6e;
+
 /// A session signing key.
 #[derive(Clone, PartialEq, Eq, Queryable)]
 pub struct SessionKey {
@@ -68,17 +72,29 @@ impl Store {
     /// verifying until [`Store::drop_retired_session_keys`] removes their key.
     pub async fn rotate_session_key(&self, secret: Vec<u8>) -> Result<i32> {
         let at = now();
+        let postgres = self.is_postgres();
         with_conn!(self, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
+                // Concurrent rotations take turns from their first statement on, so each
+                // retires the key the one before it made and picks the next id. On SQLite the
+                // first statement is a write, which takes the database's write lock (a read
+                // first would have to become a write after another connection committed, and
+                // that fails at once, busy timeout or not). On PostgreSQL a row lock would not
+                // cover the key another rotation is inserting; a lock on the rotation does.
+                if postgres {
+                    diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ROTATION_LOCK})"))
+                        .execute(conn)
+                        .await?;
+                }
+                diesel::update(session_keys::table.filter(session_keys::retired_at.is_null()))
+                    .set(session_keys::retired_at.eq(at))
+                    .execute(conn)
+                    .await?;
                 let last: Option<i32> = session_keys::table
                     .select(diesel::dsl::max(session_keys::id))
                     .get_result(conn)
                     .await?;
                 let id = last.unwrap_or(0) + 1;
-                diesel::update(session_keys::table.filter(session_keys::retired_at.is_null()))
-                    .set(session_keys::retired_at.eq(at))
-                    .execute(conn)
-                    .await?;
                 diesel::insert_into(session_keys::table)
                     .values((
                         session_keys::id.eq(id),

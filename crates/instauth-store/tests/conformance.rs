@@ -513,6 +513,31 @@ backend_test!(
     }
 );
 
+// `instauth rotate-session-key` may run beside replicas that rotate or write too.
+backend_test!(concurrent_rotations_get_distinct_keys, |store| async move {
+    store.session_keys(|| vec![1; 32]).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.rotate_session_key(vec![i + 2; 32]).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, [2, 3, 4, 5, 6, 7]);
+    let keys = store.session_keys(|| vec![9; 32]).await.unwrap();
+    let signing: Vec<i32> = keys
+        .iter()
+        .filter(|k| k.retired_at.is_none())
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(signing, [7], "one key signs: the newest");
+});
+
 backend_test!(
     fetched_issuing_cas_are_kept_by_url_and_replaced,
     |store| async move {
