@@ -151,15 +151,20 @@ fn main() -> anyhow::Result<()> {
         None => build_release()?,
     };
     // Each run: the binary, and its label when compared with a baseline.
-    let mut binaries = vec![(binary, None)];
-    if let Some(base) = &args.baseline {
-        ensure!(base.is_file(), "no baseline binary at {}", base.display());
-        let candidate = binaries.remove(0).0;
-        for round in 1..=args.rounds {
-            binaries.push((base.clone(), Some(format!("baseline {round}"))));
-            binaries.push((candidate.clone(), Some(format!("candidate {round}"))));
+    let binaries: Vec<(PathBuf, Option<String>)> = match &args.baseline {
+        None => vec![(binary, None)],
+        Some(base) => {
+            ensure!(base.is_file(), "no baseline binary at {}", base.display());
+            (1..=args.rounds)
+                .flat_map(|round| {
+                    [
+                        (base.clone(), Some(format!("baseline {round}"))),
+                        (binary.clone(), Some(format!("candidate {round}"))),
+                    ]
+                })
+                .collect()
         }
-    }
+    };
     pg::ensure_pgbench_database()?;
     pg::drop_orphaned_databases()?;
     let ctx = Context_ {
