@@ -146,6 +146,8 @@ impl AwsCertificates {
                     else {
                         continue;
                     };
+                    // A region key checks every proof of its region: set it up once.
+                    let key = key.prepared();
                     listing.push(listing_entry(
                         &parsed,
                         &cert.der,
@@ -197,9 +199,11 @@ impl AwsCertificates {
             let parsed = Certificate::from_der(&cert.der).map_err(|e| bad(e.to_string()))?;
             let label = format!("{region} region (configured)");
             let signature = RsaPublicKey::from_certificate(&parsed, true, label.clone())
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(e.to_string()))?
+                .prepared();
             let rsa2048 = RsaPublicKey::from_certificate(&parsed, false, label)
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(e.to_string()))?
+                .prepared();
             self.listing.push(listing_entry(
                 &parsed,
                 &cert.der,

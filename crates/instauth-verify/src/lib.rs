@@ -24,6 +24,7 @@ pub mod ber;
 pub mod encoding;
 pub mod pem;
 pub mod pkcs7;
+mod prepared;
 pub mod trust;
 
 /// Who an instance is, as stated by its cloud.

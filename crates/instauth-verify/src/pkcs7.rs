@@ -16,7 +16,10 @@ use der::asn1::OctetString;
 use der::{Decode, Encode};
 use x509_cert::Certificate;
 
+use std::sync::Arc;
+
 use crate::ber::{ber_to_der, BerError};
+use crate::prepared::Prepared;
 
 /// Why a PKCS#7 body was rejected. Variants name the failed check; none carries signature,
 /// key or content bytes.
@@ -276,12 +279,15 @@ pub struct RsaPublicKey {
     pkcs1: Vec<u8>,
     algorithm: &'static ring::signature::RsaParameters,
     label: String,
+    /// Set by [`RsaPublicKey::prepared`] for a trusted key that verifies many signatures.
+    prepared: Option<Arc<Prepared>>,
 }
 
 impl std::fmt::Debug for RsaPublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RsaPublicKey")
             .field("label", &self.label)
+            .field("prepared", &self.prepared.is_some())
             .finish()
     }
 }
@@ -321,7 +327,23 @@ impl RsaPublicKey {
             pkcs1,
             algorithm,
             label: label.into(),
+            prepared: None,
         }
+    }
+
+    /// The same key with its verification state computed once (the modulus' Montgomery
+    /// constants), for a trusted key that checks many signatures: an AWS region certificate,
+    /// not a signer certificate that comes with one proof. Where this CPU or build cannot, or
+    /// the key is outside 2048–8192 bits with exponent 65537, the key stays as it was; either
+    /// way it accepts exactly the same signatures (`prepared.rs` says how, and tests it).
+    pub fn prepared(mut self) -> Self {
+        self.prepared = Prepared::new(&self.pkcs1).map(Arc::new);
+        self
+    }
+
+    /// Whether [`RsaPublicKey::prepared`] took effect.
+    pub fn is_prepared(&self) -> bool {
+        self.prepared.is_some()
     }
 
     /// What the key is called in errors.
@@ -331,10 +353,18 @@ impl RsaPublicKey {
 
     /// Verifies an RSA PKCS#1 v1.5 SHA-256 signature over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), Pkcs7Error> {
+        let good = match &self.prepared {
+            Some(prepared) => prepared.verify(message, signature),
+            None => self.verify_ring(message, signature),
+        };
+        good.then_some(()).ok_or_else(|| Pkcs7Error::BadSignature {
+            key: self.label.clone(),
+        })
+    }
+
+    fn verify_ring(&self, message: &[u8], signature: &[u8]) -> bool {
         ring::signature::UnparsedPublicKey::new(self.algorithm, &self.pkcs1)
             .verify(message, signature)
-            .map_err(|_| Pkcs7Error::BadSignature {
-                key: self.label.clone(),
-            })
+            .is_ok()
     }
 }
