@@ -101,13 +101,11 @@ fn check_name(out: &mut Vec<ValidationError>, name: Option<&str>) {
 /// A verified identity whose claims hold control characters is not one a cloud issues: refuse
 /// it (401) before it reaches the database or a log.
 fn check_identity(identity: &Identity) -> Result<(), String> {
-    let claims = serde_json::to_value(identity).unwrap_or_default();
-    let bad = claims
-        .as_object()
+    match identity
+        .claims()
         .into_iter()
-        .flatten()
-        .find(|(_, v)| v.as_str().is_some_and(has_control));
-    match bad {
+        .find(|(_, v)| v.is_some_and(has_control))
+    {
         Some((name, _)) => Err(format!("identity claim {name} holds control characters")),
         None => Ok(()),
     }
@@ -360,7 +358,7 @@ async fn exchange<R: ExchangeBody>(
     client: ClientAddr,
     body: Result<JsonBody<ExchangeRequest<R>>, ApiError>,
     validate: fn(&R) -> Vec<ValidationError>,
-    verify: impl AsyncFnOnce(&R) -> Result<Verified<Identity>, VerifyError>,
+    verify: impl AsyncFnOnce(R) -> Result<(R, Verified<Identity>), VerifyError>,
 ) -> Response {
     let provider = R::PROVIDER;
     let started = Instant::now();
@@ -386,19 +384,19 @@ async fn exchange<R: ExchangeBody>(
     };
     let result: Result<Candidate, ApiError> = async {
         limited.map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-        let JsonBody(req) = body?;
-        let requested = requested_name(req.body.agent_name());
-        audit.agent_name = requested
+        let JsonBody(ExchangeRequest { body, agent_key }) = body?;
+        audit.agent_name = requested_name(body.agent_name())
             .unwrap_or_default()
             .chars()
             .take(MAX_AGENT_NAME)
             .collect();
-        let mut problems = validate(&req.body);
-        let key = validate_agent_key(&mut problems, &req.agent_key);
+        let mut problems = validate(&body);
+        let key = validate_agent_key(&mut problems, &agent_key);
         if !problems.is_empty() {
             return Err(ApiError::Validation(problems));
         }
-        let identity = verify(&req.body).await.map_err(ApiError::from)?;
+        let (body, identity) = verify(body).await.map_err(ApiError::from)?;
+        let requested = requested_name(body.agent_name());
         check_identity(&identity).map_err(|detail| ApiError::InvalidProof {
             provider: provider.label(),
             detail,
@@ -410,7 +408,7 @@ async fn exchange<R: ExchangeBody>(
         let claims = crate::access::claims(&identity);
         check_allow_lists(&claims, &state.inner.allow_lists).map_err(ApiError::Forbidden)?;
         if let Some(k) = &key {
-            check_key_signature(state, &req.body, k)?;
+            check_key_signature(state, &body, k)?;
         }
         let candidates = state
             .inner
@@ -497,9 +495,9 @@ pub(crate) async fn aws(
     body: Result<JsonBody<ExchangeRequest<AwsInstanceIdentityRequest>>, ApiError>,
 ) -> Response {
     let verifiers = &state.inner.verifiers;
-    // The clone is the pool hand-off: the proof moves to a blocking thread.
+    // The proof moves to a pool thread and back.
     exchange(&state, client, body, validate_aws, async |r| {
-        verifiers.verify(Proof::Aws(r.clone())).await
+        verifiers.verify_aws(r).await
     })
     .await
 }
@@ -512,7 +510,8 @@ pub(crate) async fn azure(
 ) -> Response {
     let verifiers = &state.inner.verifiers;
     exchange(&state, client, body, validate_azure, async |r| {
-        verifiers.verify(Proof::Azure(r.clone())).await
+        let verified = verifiers.verify(Proof::Azure(r.clone())).await?;
+        Ok((r, verified))
     })
     .await
 }
@@ -525,7 +524,8 @@ pub(crate) async fn google(
 ) -> Response {
     let verifiers = &state.inner.verifiers;
     exchange(&state, client, body, validate_gcp, async |r| {
-        verifiers.verify(Proof::Gcp(r.clone())).await
+        let verified = verifiers.verify(Proof::Gcp(r.clone())).await?;
+        Ok((r, verified))
     })
     .await
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use instauth_types::{Proof, Provider};
+use instauth_types::{AwsInstanceIdentityRequest, Proof, Provider};
 use instauth_verify::trust::{sort_by_expiry, TrustCertificate, TrustError};
 use instauth_verify::{Identity, Verified};
 use instauth_verify_aws::{AwsError, AwsVerifier};
@@ -159,14 +159,7 @@ impl Verifiers {
     /// documentation). The proof is taken by value: it moves to the pool's thread uncopied.
     pub async fn verify(self: &Arc<Self>, proof: Proof) -> Result<Verified<Identity>, VerifyError> {
         match proof {
-            Proof::Aws(req) => {
-                let this = Arc::clone(self);
-                Ok(self
-                    .pool
-                    .run(move || this.aws.load().verify(&req))
-                    .await
-                    .map_err(VerifyError::pool(Provider::Aws))??)
-            }
+            Proof::Aws(req) => Ok(self.verify_aws(req).await?.1),
             Proof::Azure(req) => {
                 let pool = &self.pool;
                 // A second job is the verification with a fetched issuing CA.
@@ -198,6 +191,25 @@ impl Verifiers {
                     .map_err(VerifyError::pool(Provider::Gcp))??)
             }
         }
+    }
+
+    /// Verifies an AWS proof on the pool and hands the request back with the identity: the
+    /// exchange reads the request's fields afterwards, and moving it to a pool thread and back
+    /// costs less than copying it there (and frees it on the thread that allocated it).
+    pub async fn verify_aws(
+        self: &Arc<Self>,
+        req: AwsInstanceIdentityRequest,
+    ) -> Result<(AwsInstanceIdentityRequest, Verified<Identity>), VerifyError> {
+        let this = Arc::clone(self);
+        let (req, verified) = self
+            .pool
+            .run(move || {
+                let verified = this.aws.load().verify(&req);
+                (req, verified)
+            })
+            .await
+            .map_err(VerifyError::pool(Provider::Aws))?;
+        Ok((req, verified?))
     }
 
     /// Whether the trusted certificates may have changed (an Azure issuing CA fetched) since

@@ -87,6 +87,40 @@ impl Identity {
             | Identity::Gcp { instance_id, .. } => instance_id,
         }
     }
+
+    /// Every claim by its JSON name, in serialisation order (absent optional ones as `None`):
+    /// for checks over all of them without building the JSON.
+    pub fn claims(&self) -> [(&'static str, Option<&str>); 3] {
+        match self {
+            Identity::Aws {
+                instance_id,
+                account_id,
+                region,
+            } => [
+                ("instance_id", Some(instance_id)),
+                ("account_id", Some(account_id)),
+                ("region", Some(region)),
+            ],
+            Identity::Azure {
+                instance_id,
+                subscription_id,
+                location,
+            } => [
+                ("instance_id", Some(instance_id)),
+                ("subscription_id", subscription_id.as_deref()),
+                ("location", location.as_deref()),
+            ],
+            Identity::Gcp {
+                instance_id,
+                project_id,
+                zone,
+            } => [
+                ("instance_id", Some(instance_id)),
+                ("project_id", Some(project_id)),
+                ("zone", Some(zone)),
+            ],
+        }
+    }
 }
 
 /// A value that a verifier checked against the cloud's trust material.
@@ -225,6 +259,52 @@ mod tests {
             serde_json::json!({"provider":"azure","instance_id":"vm","subscription_id":"s"})
         );
         assert_eq!(gcp.instance_id(), "42");
+    }
+
+    /// `claims()` is what the JSON carries, name for name and value for value, so a check over
+    /// the claims sees every string the identity would print.
+    #[test]
+    fn claims_are_the_serialised_fields() {
+        let identities = [
+            Identity::Aws {
+                instance_id: "i-1".into(),
+                account_id: "123".into(),
+                region: "us-east-1".into(),
+            },
+            Identity::Azure {
+                instance_id: "vm".into(),
+                subscription_id: Some("s".into()),
+                location: None,
+            },
+            Identity::Azure {
+                instance_id: "vm".into(),
+                subscription_id: None,
+                location: Some("westeurope".into()),
+            },
+            Identity::Gcp {
+                instance_id: "42".into(),
+                project_id: "p".into(),
+                zone: "z".into(),
+            },
+        ];
+        for identity in identities {
+            let json = serde_json::to_value(&identity).unwrap();
+            let mut from_json: Vec<(String, String)> = json
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k != "provider")
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            let mut from_claims: Vec<(String, String)> = identity
+                .claims()
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                .collect();
+            from_json.sort();
+            from_claims.sort();
+            assert_eq!(from_claims, from_json, "{identity:?}");
+        }
     }
 
     #[test]
