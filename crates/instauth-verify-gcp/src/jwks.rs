@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use instauth_verify::pkcs7::RsaPublicKey;
 use instauth_verify::Clock;
 use serde::Deserialize;
 
@@ -58,16 +59,18 @@ pub enum JwksError {
     },
 }
 
-/// An RSA signing key of a JWKS, decoded once.
+/// An RSA signing key of a JWKS, decoded once and prepared for the many tokens it checks
+/// ([`RsaPublicKey::prepared`]).
 #[derive(Clone)]
 pub struct RsaJwk {
-    components: ring::signature::RsaPublicKeyComponents<Vec<u8>>,
+    key: RsaPublicKey,
+    modulus_bytes: usize,
 }
 
 impl std::fmt::Debug for RsaJwk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RsaJwk")
-            .field("modulus_bytes", &self.components.n.len())
+            .field("modulus_bytes", &self.modulus_bytes)
             .finish()
     }
 }
@@ -75,13 +78,7 @@ impl std::fmt::Debug for RsaJwk {
 impl RsaJwk {
     /// RSASSA-PKCS1-v1_5 with SHA-256, keys of 2048 to 8192 bits: RS256 and nothing else.
     pub(crate) fn verify_rs256(&self, message: &[u8], signature: &[u8]) -> Result<(), ()> {
-        self.components
-            .verify(
-                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                message,
-                signature,
-            )
-            .map_err(|_| ())
+        self.key.verify(message, signature).map_err(|_| ())
     }
 }
 
@@ -138,12 +135,14 @@ impl JwkSet {
             let (Some(n), Some(e)) = (b64url_lenient(&k.n), b64url_lenient(&k.e)) else {
                 continue;
             };
-            if n.is_empty() || e.is_empty() {
+            // Empty or non-minimal components: a key ring would refuse at every verification.
+            let Ok(key) = RsaPublicKey::from_components(&n, &e, "Google JWKS key") else {
                 continue;
-            }
+            };
             keys.entry(k.kid).or_insert_with(|| {
                 Arc::new(RsaJwk {
-                    components: ring::signature::RsaPublicKeyComponents { n, e },
+                    key: key.prepared(),
+                    modulus_bytes: n.len(),
                 })
             });
         }

@@ -7,10 +7,11 @@
 //! when present) hold with [`LEEWAY_SECONDS`] of leeway. The identity comes from the verified
 //! `google.compute_engine` claims.
 //!
-//! RS256 is implemented here with `ring` rather than through a JWT crate: the algorithm is not
-//! chosen from the token but fixed ([`jwt`] refuses every `alg` but `RS256` before looking at a
-//! key, so `none`, `HS256` keyed with the public key and the like cannot be confused for it),
-//! and keys are decoded once per JWKS rather than per token.
+//! RS256 is implemented here rather than through a JWT crate: the algorithm is not chosen from
+//! the token but fixed ([`jwt`] refuses every `alg` but `RS256` before looking at a key, so
+//! `none`, `HS256` keyed with the public key and the like cannot be confused for it), and keys
+//! are decoded and prepared once per JWKS rather than per token (the RSA verification is
+//! `instauth_verify::pkcs7::RsaPublicKey`'s, as for AWS).
 //!
 //! Keys come from a JWKS file or URL ([`JwksSource`]); a URL is cached for its
 //! `Cache-Control: max-age`, refetched (at most once per [`MIN_REFETCH_INTERVAL`]) when a token

@@ -331,6 +331,38 @@ impl RsaPublicKey {
         }
     }
 
+    /// A key from its modulus and exponent (unsigned big-endian, as a JWK carries them), for
+    /// PKCS#1 v1.5 SHA-256 signatures with keys of at least 2048 bits. A component that is
+    /// empty or has a leading zero byte is refused, as ring refuses it.
+    pub fn from_components(
+        modulus: &[u8],
+        exponent: &[u8],
+        label: impl Into<String>,
+    ) -> Result<Self, Pkcs7Error> {
+        use der::asn1::UintRef;
+        let bad = |e: der::Error| Pkcs7Error::Der(e.to_string());
+        if [modulus, exponent]
+            .iter()
+            .any(|c| c.first().is_none_or(|&b| b == 0))
+        {
+            return Err(Pkcs7Error::Der(
+                "RSA modulus or exponent empty or not minimal".into(),
+            ));
+        }
+        let (n, e) = (
+            UintRef::new(modulus).map_err(bad)?,
+            UintRef::new(exponent).map_err(bad)?,
+        );
+        let body = (n.encoded_len().map_err(bad)? + e.encoded_len().map_err(bad)?).map_err(bad)?;
+        let mut pkcs1 = Vec::new();
+        der::Header::new(der::Tag::Sequence, body)
+            .and_then(|h| h.encode_to_vec(&mut pkcs1))
+            .and_then(|_| n.encode_to_vec(&mut pkcs1))
+            .and_then(|_| e.encode_to_vec(&mut pkcs1))
+            .map_err(bad)?;
+        Ok(Self::from_pkcs1(pkcs1, false, label))
+    }
+
     /// The same key with its verification state computed once (the modulus' Montgomery
     /// constants), for a trusted key that checks many signatures: an AWS region certificate,
     /// not a signer certificate that comes with one proof. Where this CPU or build cannot, or

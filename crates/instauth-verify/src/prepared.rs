@@ -202,6 +202,31 @@ mod tests {
         }
     }
 
+    /// A key from a JWK's modulus and exponent is the key of the DER they came from; a
+    /// non-minimal or empty component is refused (ring refuses it at every verification).
+    #[test]
+    fn key_from_components_is_the_der_key() {
+        let key = key_pair(include_str!(
+            "../../instauth-testkit/testdata/gcp-key-1.pem"
+        ));
+        let pkcs1 = key.public().as_ref().to_vec();
+        let (n, e) = components(&pkcs1).unwrap();
+        let from_der = RsaPublicKey::from_pkcs1(pkcs1.clone(), false, "der");
+        let from_jwk = RsaPublicKey::from_components(n, e, "jwk")
+            .unwrap()
+            .prepared();
+        let msg = b"header.payload";
+        let good = sign(&key, &ring::signature::RSA_PKCS1_SHA256, msg);
+        assert!(from_der.verify(msg, &good).is_ok());
+        assert!(from_jwk.verify(msg, &good).is_ok());
+        assert!(from_jwk.verify(b"header.other", &good).is_err());
+        assert_eq!(from_jwk.is_prepared(), cpu_supported());
+        let padded = [&[0u8][..], n].concat();
+        assert!(RsaPublicKey::from_components(&padded, e, "jwk").is_err());
+        assert!(RsaPublicKey::from_components(n, &[], "jwk").is_err());
+        assert!(RsaPublicKey::from_components(&[], e, "jwk").is_err());
+    }
+
     /// Keys ring would refuse for RSA-2048 signatures, or that graviola cannot hold, stay on
     /// ring's path.
     #[test]
