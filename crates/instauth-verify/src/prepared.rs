@@ -1,9 +1,9 @@
 //! RSA PKCS#1 v1.5 SHA-256 verification for a trusted key that checks many signatures (an AWS
-//! region certificate), with the key's Montgomery constants computed once.
+//! region certificate, a Google JWKS key), with the key's Montgomery constants computed once.
 //!
 //! ring has no parsed RSA public key for verification: every call recomputes the modulus'
-//! Montgomery constants, about a third of an RSA-2048 verification and about 9 % of the server's
-//! CPU per AWS exchange (docs/BENCHMARKS.md "Fleet load"). graviola's `VerifyingKey` keeps them,
+//! Montgomery constants, about a third of an RSA-2048 verification and a tenth of the server's
+//! CPU per AWS exchange (docs/BENCHMARKS.md "Fleet load: prepared RSA keys"). graviola's `VerifyingKey` keeps them,
 //! and its arithmetic is s2n-bignum's formally verified code. ring stays the reference: a key is
 //! prepared only where graviola runs (x86_64 or aarch64 with the CPU features it requires, which
 //! it would otherwise assert at run time) and only when ring would accept it too (2048 to 8192
