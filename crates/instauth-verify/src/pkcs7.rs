@@ -339,8 +339,6 @@ impl RsaPublicKey {
         exponent: &[u8],
         label: impl Into<String>,
     ) -> Result<Self, Pkcs7Error> {
-        use der::asn1::UintRef;
-        let bad = |e: der::Error| Pkcs7Error::Der(e.to_string());
         if [modulus, exponent]
             .iter()
             .any(|c| c.first().is_none_or(|&b| b == 0))
@@ -349,17 +347,8 @@ impl RsaPublicKey {
                 "RSA modulus or exponent empty or not minimal".into(),
             ));
         }
-        let (n, e) = (
-            UintRef::new(modulus).map_err(bad)?,
-            UintRef::new(exponent).map_err(bad)?,
-        );
-        let body = (n.encoded_len().map_err(bad)? + e.encoded_len().map_err(bad)?).map_err(bad)?;
-        let mut pkcs1 = Vec::new();
-        der::Header::new(der::Tag::Sequence, body)
-            .and_then(|h| h.encode_to_vec(&mut pkcs1))
-            .and_then(|_| n.encode_to_vec(&mut pkcs1))
-            .and_then(|_| e.encode_to_vec(&mut pkcs1))
-            .map_err(bad)?;
+        let pkcs1 = crate::prepared::pkcs1_der(modulus, exponent)
+            .map_err(|e| Pkcs7Error::Der(e.to_string()))?;
         Ok(Self::from_pkcs1(pkcs1, false, label))
     }
 

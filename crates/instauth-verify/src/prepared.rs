@@ -3,12 +3,13 @@
 //!
 //! ring has no parsed RSA public key for verification: every call recomputes the modulus'
 //! Montgomery constants, about a third of an RSA-2048 verification and a tenth of the server's
-//! CPU per AWS exchange (docs/BENCHMARKS.md "Fleet load: prepared RSA keys"). graviola's `VerifyingKey` keeps them,
-//! and its arithmetic is s2n-bignum's formally verified code. ring stays the reference: a key is
-//! prepared only where graviola runs (x86_64 or aarch64 with the CPU features it requires, which
-//! it would otherwise assert at run time) and only when ring would accept it too (2048 to 8192
-//! bits, exponent 65537); every other key, and every signature of another length than the
-//! modulus (ring's rule; graviola would read it as a number), keeps ring's path. The tests check
+//! CPU per AWS exchange (docs/BENCHMARKS.md "Fleet load: prepared RSA keys"). graviola's
+//! `VerifyingKey` keeps them, and its arithmetic is s2n-bignum's formally verified code. ring
+//! stays the reference: a key is prepared only where graviola runs (x86_64 or aarch64 with the
+//! CPU features it requires, which it would otherwise assert at run time) and only when ring
+//! would accept it too (2048 to 8192 bits, exponent 65537); every other key, and every signature
+//! of another length than the modulus (ring's rule; graviola would read it as a number), keeps
+//! ring's path. The tests check
 //! that both accept and refuse the same signatures.
 
 /// A key prepared for repeated verification, or nothing when this build or CPU cannot.
@@ -31,6 +32,20 @@ fn components(pkcs1: &[u8]) -> Option<(&[u8], &[u8])> {
         })
         .ok()?;
     reader.finish(parsed).ok()
+}
+
+/// The `RSAPublicKey` DER of a modulus and exponent given as unsigned big-endian magnitudes
+/// (the inverse of [`components`]).
+pub(crate) fn pkcs1_der(modulus: &[u8], exponent: &[u8]) -> der::Result<Vec<u8>> {
+    use der::asn1::UintRef;
+    use der::Encode;
+    let (n, e) = (UintRef::new(modulus)?, UintRef::new(exponent)?);
+    let mut out = Vec::new();
+    der::Header::new(der::Tag::Sequence, (n.encoded_len()? + e.encoded_len()?)?)?
+        .encode_to_vec(&mut out)?;
+    n.encode_to_vec(&mut out)?;
+    e.encode_to_vec(&mut out)?;
+    Ok(out)
 }
 
 /// Bits of a big-endian magnitude without leading zeros.
@@ -231,24 +246,7 @@ mod tests {
     /// ring's path.
     #[test]
     fn only_keys_ring_accepts_are_prepared() {
-        let der = |n: &[u8], e: &[u8]| {
-            let int = |v: &[u8]| {
-                let mut out = vec![0x02];
-                let body: Vec<u8> = if v[0] & 0x80 != 0 {
-                    [&[0u8][..], v].concat()
-                } else {
-                    v.to_vec()
-                };
-                der_len(&mut out, body.len());
-                out.extend(body);
-                out
-            };
-            let body = [int(n), int(e)].concat();
-            let mut out = vec![0x30];
-            der_len(&mut out, body.len());
-            out.extend(body);
-            out
-        };
+        let der = |n: &[u8], e: &[u8]| pkcs1_der(n, e).unwrap();
         let odd = |bytes: usize| {
             let mut n = vec![0xc5; bytes];
             n[bytes - 1] = 0x01;
@@ -268,14 +266,6 @@ mod tests {
             Prepared::new(&der(&odd(256), &[0x03])).is_none(),
             "exponent 3"
         );
-    }
-
-    fn der_len(out: &mut Vec<u8>, len: usize) {
-        match len {
-            0..=0x7f => out.push(len as u8),
-            0x80..=0xff => out.extend([0x81, len as u8]),
-            _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
-        }
     }
 
     #[test]
