@@ -21,6 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use instauth_store::SessionKey;
+use rand::RngCore;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use uuid::Uuid;
@@ -68,7 +69,6 @@ struct Keyring {
 /// Issues and checks session tokens with the current keys.
 pub struct SessionSigner {
     keys: ArcSwap<Keyring>,
-    rng: SystemRandom,
 }
 
 impl std::fmt::Debug for SessionSigner {
@@ -108,7 +108,6 @@ impl SessionSigner {
     pub fn new(keys: &[SessionKey]) -> Option<Self> {
         Some(SessionSigner {
             keys: ArcSwap::from_pointee(keyring(keys)?),
-            rng: SystemRandom::new(),
         })
     }
 
@@ -141,8 +140,10 @@ impl SessionSigner {
         claims[..16].copy_from_slice(agent_id.as_bytes());
         claims[16..20].copy_from_slice(&generation.to_be_bytes());
         claims[20..28].copy_from_slice(&expires_at.timestamp().to_be_bytes());
-        // A failed nonce only makes two tokens of the same second equal; still valid and safe.
-        let _ = self.rng.fill(&mut claims[28..44]);
+        // The nonce only keeps two tokens of the same second apart (the MAC makes them
+        // authentic): the thread's CSPRNG (ChaCha, seeded and reseeded by the OS) draws it
+        // without the system call per token that the OS generator costs.
+        rand::thread_rng().fill_bytes(&mut claims[28..44]);
         let tag = Self::tag(&ring.signing, &buf[KEY_ID_LEN..KEY_ID_LEN + CLAIMS_LEN]);
         buf[KEY_ID_LEN + CLAIMS_LEN..].copy_from_slice(tag.as_ref());
         let mut out = String::with_capacity(SESSION_TOKEN_PREFIX.len() + 107);
