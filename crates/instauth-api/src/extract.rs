@@ -46,7 +46,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// Parses a JSON body. Only a type or value error (well-formed JSON, wrong shape) names its
 /// field; broken JSON stays "must be valid JSON".
+///
+/// Tracking the path costs on every field of every body, and only a refused body needs it: a
+/// body is parsed plainly first, and only one with a shape error is parsed again to name it.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(e) if e.classify() == serde_json::error::Category::Data => parse_json_traced(bytes),
+        Err(_) => Err(ApiError::BadJson),
+    }
+}
+
+/// [`parse_json`] with the path of the failing field.
+fn parse_json_traced<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
