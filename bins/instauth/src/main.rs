@@ -3,6 +3,7 @@
 
 mod access;
 mod identity;
+mod logsink;
 mod trust;
 mod workspaces;
 
@@ -243,13 +244,29 @@ impl DbArgs {
 }
 
 fn init_logging(format: LogFormat) {
+    init_logging_to(format, std::io::stderr);
+}
+
+/// The server's logging: lines are written by a thread of their own (module `logsink`); the
+/// guard writes out what is left when the server stops.
+fn init_server_logging(format: LogFormat) -> anyhow::Result<logsink::FlushGuard> {
+    let (sink, guard) =
+        logsink::LogSink::spawn(std::io::stderr()).context("starting the log writer")?;
+    init_logging_to(format, sink);
+    Ok(guard)
+}
+
+fn init_logging_to<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_env("INSTAUTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal: a log file or journald would keep the escapes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -334,7 +351,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let _log = init_server_logging(args.log_format)?;
     let token_path = match &args.admin_token_file {
         Some(p) => p.clone(),
         None => args.db.data_dir()?.join("admin-token"),
