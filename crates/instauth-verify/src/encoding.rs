@@ -61,6 +61,46 @@ pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Er
         })
 }
 
+/// Whether [`decode_base64_lenient_whitespace`]'s decoder accepts `input` (standard alphabet,
+/// padded, unused bits zero; ASCII white space ignored; empty included), checked in one pass
+/// without copying or decoding: the API checks each proof field this way before the verifier
+/// decodes the one it uses. The tests hold it to the decoder's answer.
+pub fn is_base64_lenient_whitespace(input: &str) -> bool {
+    fn value(b: u8) -> Option<u8> {
+        match b {
+            b'A'..=b'Z' => Some(b - b'A'),
+            b'a'..=b'z' => Some(b - b'a' + 26),
+            b'0'..=b'9' => Some(b - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let (mut symbols, mut padding, mut last) = (0usize, 0usize, 0u8);
+    for &b in input.as_bytes() {
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        symbols += 1;
+        if b == b'=' {
+            padding += 1;
+            continue;
+        }
+        match value(b) {
+            Some(v) if padding == 0 => last = v,
+            _ => return false,
+        }
+    }
+    // Padding only at the end of the last group of four; the bits it leaves unused are zero.
+    symbols % 4 == 0
+        && match padding {
+            0 => true,
+            1 => last & 0b11 == 0,
+            2 => last & 0b1111 == 0,
+            _ => false,
+        }
+}
+
 /// Why a JSON document did not parse, without any of its text: serde_json's messages may quote
 /// values, so only the error class and position are kept.
 pub fn json_error_reason(e: &serde_json::Error) -> String {
@@ -111,6 +151,84 @@ mod tests {
             b"hello"
         );
         assert!(decode_base64_lenient_whitespace("aGVsbG8=\u{0}").is_err());
+    }
+
+    /// The decoder's verdict, which [`is_base64_lenient_whitespace`] must match.
+    fn decodes(input: &str) -> bool {
+        base64::engine::general_purpose::STANDARD
+            .decode(&*without_whitespace(input))
+            .is_ok()
+    }
+
+    #[test]
+    fn the_check_agrees_with_the_decoder() {
+        for s in [
+            "",
+            " ",
+            "aGVsbG8=",
+            "aGVs\nbG8=\r\n",
+            "aGVsbG8",
+            "aGVsbG9=",
+            "aGVsbA==",
+            "aGVsbB==",
+            "aGVsbA=",
+            "aGVsbA===",
+            "====",
+            "aGVs=G8=",
+            "aGVsbG8=\u{0}",
+            "aGVs*bG8=",
+            "aG\x0bVs",
+            "QUJD\tQUJD",
+            "=",
+            "QQ==QUJD",
+            "+/+/",
+            "-_-_",
+        ] {
+            assert_eq!(is_base64_lenient_whitespace(s), decodes(s), "{s:?}");
+        }
+        // Random strings over the symbols that matter (two that carry low bits, padding,
+        // white space, junk), and valid encodings with one symbol changed.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let symbols = [
+            b'A', b'B', b'Q', b'g', b'+', b'/', b'=', b'\n', b' ', b'*', 0x0b,
+        ];
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..200_000 {
+            let text: Vec<u8> = if round % 2 == 0 {
+                let len = (next() % 14) as usize;
+                (0..len)
+                    .map(|_| symbols[(next() % symbols.len() as u64) as usize])
+                    .collect()
+            } else {
+                let bytes: Vec<u8> = (0..next() % 8).map(|_| next() as u8).collect();
+                let mut text = base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into_bytes();
+                if !text.is_empty() && next() % 2 == 0 {
+                    let at = (next() % text.len() as u64) as usize;
+                    text[at] = symbols[(next() % symbols.len() as u64) as usize];
+                }
+                text
+            };
+            let text = String::from_utf8(text).expect("ASCII");
+            let want = decodes(&text);
+            assert_eq!(is_base64_lenient_whitespace(&text), want, "{text:?}");
+            if want {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(
+            accepted > 10_000 && refused > 10_000,
+            "{accepted} / {refused}"
+        );
     }
 
     #[test]
