@@ -50,10 +50,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_out(&self, bytes: &[u8]) {
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+    fn out(&self) -> MutexGuard<'_, Output> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lines leave in the order they were logged: whoever takes bytes from the buffer takes the
+    /// output before letting go of the buffer (lock order: state, then output).
+    fn write_out(mut out: MutexGuard<'_, Output>, pending: &[u8], more: &[u8]) {
         // Nowhere left to report a failed log write.
-        let _ = out.write_all(bytes).and_then(|()| out.flush());
+        let _ = out
+            .write_all(pending)
+            .and_then(|()| out.write_all(more))
+            .and_then(|()| out.flush());
     }
 
     fn append(&self, bytes: &[u8]) {
@@ -62,8 +70,10 @@ impl Shared {
             st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
         if st.closed {
+            let pending = std::mem::take(&mut st.buf);
+            let out = self.out();
             drop(st);
-            self.write_out(bytes);
+            Self::write_out(out, &pending, bytes);
             return;
         }
         st.buf.extend_from_slice(bytes);
@@ -73,13 +83,22 @@ impl Shared {
         }
     }
 
-    /// Writes what is buffered now, on the calling thread.
-    fn flush_now(&self) {
-        let pending = std::mem::take(&mut self.state().buf);
+    /// Writes what is buffered now, on the calling thread. From the panic hook it gives up
+    /// rather than wait (the panicking thread may hold a lock).
+    fn flush_now(&self, wait: bool) {
+        let (mut st, out) = if wait {
+            let st = self.state();
+            (st, self.out())
+        } else {
+            let (Ok(st), Ok(out)) = (self.state.try_lock(), self.out.try_lock()) else {
+                return;
+            };
+            (st, out)
+        };
+        let pending = std::mem::take(&mut st.buf);
+        drop(st);
         self.room.notify_all();
-        if !pending.is_empty() {
-            self.write_out(&pending);
-        }
+        Self::write_out(out, &pending, &[]);
     }
 
     fn run(&self) {
@@ -96,9 +115,10 @@ impl Shared {
             }
             std::mem::swap(&mut st.buf, &mut spare);
             let closed = st.closed;
+            let out = self.out();
             drop(st);
             self.room.notify_all();
-            self.write_out(&spare);
+            Self::write_out(out, &spare, &[]);
             spare.clear();
             // Keep a large buffer from staying allocated after a burst.
             spare.shrink_to(64 * 1024);
@@ -134,7 +154,7 @@ impl Drop for FlushGuard {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        self.shared.flush_now();
+        self.shared.flush_now(true);
     }
 }
 
@@ -157,7 +177,7 @@ impl LogSink {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if let Some(s) = on_panic.upgrade() {
-                s.flush_now();
+                s.flush_now(false);
             }
             previous(info);
         }));
@@ -315,6 +335,30 @@ mod tests {
         drop(t.guard);
         let total: usize = t.writes.try_iter().map(|w| w.len()).sum();
         assert_eq!(total, lines * line.len());
+    }
+
+    #[test]
+    fn a_line_logged_while_the_writer_stops_comes_after_the_buffered_ones() {
+        let t = setup();
+        let held = t.gate.lock().unwrap();
+        log(&t.sink, b"a\n");
+        t.entered.recv().unwrap();
+        log(&t.sink, b"b\n");
+        let guard = t.guard;
+        let closer = std::thread::spawn(move || drop(guard));
+        while !t.sink.shared.state().closed {
+            std::thread::yield_now();
+        }
+        // "b" still waits in the buffer while the writer is stuck on "a"; "c" may not pass it.
+        let late = {
+            let sink = t.sink.clone();
+            std::thread::spawn(move || log(&sink, b"c\n"))
+        };
+        drop(held);
+        late.join().unwrap();
+        closer.join().unwrap();
+        let all: Vec<u8> = t.writes.try_iter().flatten().collect();
+        assert_eq!(String::from_utf8(all).unwrap(), "a\nb\nc\n");
     }
 
     #[test]
