@@ -55,21 +55,20 @@ fn check(out: &mut Vec<ValidationError>, field: &str, ok: bool, detail: &str) {
     }
 }
 
-/// True when `s` (whitespace ignored, as the verifiers ignore it) is standard base64. Called
-/// only on values already bounded by their field's maximum; one pass, no copy and no decoding
-/// (the verifier decodes the field it uses).
-fn is_base64(s: &str) -> bool {
-    instauth_verify::encoding::is_base64_lenient_whitespace(s)
-}
-
-/// Checks a required base64 field: present, within `max`, decodable.
+/// Checks a required base64 field: present, within `max`, decodable (white space ignored, as
+/// the verifiers ignore it; one pass, no copy: the verifier decodes the field it uses).
 fn check_base64(out: &mut Vec<ValidationError>, field: &str, value: &str, max: usize) {
     if value.trim().is_empty() {
         check(out, field, false, "required");
     } else if value.len() > max {
         check(out, field, false, &format!("must be at most {max} bytes"));
     } else {
-        check(out, field, is_base64(value), "must be base64");
+        check(
+            out,
+            field,
+            instauth_verify::encoding::is_base64_lenient_whitespace(value),
+            "must be base64",
+        );
     }
 }
 
