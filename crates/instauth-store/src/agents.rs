@@ -51,6 +51,24 @@ macro_rules! candidates_query {
     };
 }
 
+/// The candidate query for several instance IDs at once (any auth method: the caller picks),
+/// each row with its instance ID, ordered as [`candidates_query`] orders, by instance first.
+macro_rules! candidates_batch_query {
+    ($instance_ids:expr) => {
+        live_agents!()
+            .filter(workspace_agents::auth_instance_id.eq_any($instance_ids))
+            .filter(workspace_agents::parent_id.is_null())
+            .select((workspace_agents::auth_instance_id, candidate_columns!()))
+            .order((
+                workspace_agents::auth_instance_id,
+                workspace_agents::name,
+                workspaces::name,
+            ))
+    };
+}
+#[cfg(feature = "testing")]
+pub(crate) use candidates_batch_query;
+
 /// The columns a [`Candidate`] is read from.
 macro_rules! candidate_columns {
     () => {
@@ -373,17 +391,7 @@ impl Kind for Lookups {
         // The same query for every instance ID at once, ordered as the single query orders
         // (then split by instance, which keeps that order).
         let rows: Vec<(Option<String>, Candidate)> = with_conn!(store, |conn| {
-            live_agents!()
-                .filter(workspace_agents::auth_instance_id.eq_any(&ids))
-                .filter(workspace_agents::parent_id.is_null())
-                .select((workspace_agents::auth_instance_id, candidate_columns!()))
-                .order((
-                    workspace_agents::auth_instance_id,
-                    workspace_agents::name,
-                    workspaces::name,
-                ))
-                .load(conn)
-                .await?
+            candidates_batch_query!(&ids).load(conn).await?
         });
         let mut by_instance: HashMap<&str, Vec<&Candidate>> = HashMap::new();
         for (instance, c) in &rows {

@@ -16,7 +16,7 @@ use diesel::sqlite::Sqlite;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use instauth_types::AgentAuth;
 
-use crate::agents::{candidate_columns, candidates_query, live_agents};
+use crate::agents::{candidate_columns, candidates_batch_query, candidates_query, live_agents};
 use crate::schema::{workspace_agents, workspace_resources, workspaces};
 use crate::text::text;
 use crate::{Backend, DatabaseConfig, Result, Store};
@@ -301,28 +301,45 @@ impl<Q: QueryFragment<Sqlite>> QueryFragment<Sqlite> for SqliteExplain<Q> {
     }
 }
 
-impl Store {
-    /// The database's plan for the exchange's candidate query, for the test that keeps it
-    /// index-driven (and for docs/OPERATIONS.md).
-    pub async fn explain_candidates(&self, auth: AgentAuth, instance_id: &str) -> Result<String> {
+/// The plan of `$query` on `$store`'s backend, one line per plan node.
+macro_rules! explain {
+    ($store:expr, $query:expr) => {{
         use diesel::prelude::*;
-        match &self.inner.backend {
+        match &$store.inner.backend {
             Backend::Postgres(pool) => {
                 let mut conn = checkout!(pool);
-                let lines: Vec<String> = PgExplain(Explain(candidates_query!(auth, instance_id)))
-                    .load(&mut conn)
-                    .await?;
+                let lines: Vec<String> = PgExplain(Explain($query)).load(&mut conn).await?;
                 Ok(lines.join("\n"))
             }
             Backend::Sqlite(pool) => {
                 let mut conn = checkout!(pool);
                 let rows: Vec<(i32, i32, i32, String)> =
-                    SqliteExplain(Explain(candidates_query!(auth, instance_id)))
-                        .load(&mut conn)
-                        .await?;
+                    SqliteExplain(Explain($query)).load(&mut conn).await?;
                 Ok(rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n"))
             }
         }
+    }};
+}
+
+impl Store {
+    /// The database's plan for the exchange's candidate query, for the test that keeps it
+    /// index-driven (and for docs/OPERATIONS.md).
+    pub async fn explain_candidates(&self, auth: AgentAuth, instance_id: &str) -> Result<String> {
+        explain!(self, candidates_query!(auth, instance_id))
+    }
+
+    /// The plan for the statement that answers several concurrent candidate lookups at once.
+    pub async fn explain_candidate_batch(&self, instance_ids: &[&str]) -> Result<String> {
+        explain!(self, candidates_batch_query!(instance_ids.to_vec()))
+    }
+
+    /// What autovacuum does in time on a live database: fresh statistics for the planner.
+    pub async fn vacuum_analyze(&self) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Postgres(pool) => checkout!(pool).batch_execute("VACUUM (ANALYZE)").await?,
+            Backend::Sqlite(pool) => checkout!(pool).batch_execute("ANALYZE").await?,
+        }
+        Ok(())
     }
 }
 
