@@ -91,9 +91,10 @@ struct Args {
     /// and hour to hour, ratios measured side by side much less.
     #[arg(long, conflicts_with = "smoke")]
     baseline: Option<PathBuf>,
-    /// Runs of each binary with --baseline, alternating (baseline first).
-    #[arg(long, default_value_t = 2, requires = "baseline")]
-    rounds: usize,
+    /// Rounds: with --baseline, runs of each binary, alternating, baseline first (default 2);
+    /// with --compare-agents alone, passes over the fleet sizes, alternating (default 1).
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 /// Everything shared by the runs of one invocation.
@@ -134,7 +135,17 @@ fn main() -> anyhow::Result<()> {
         args.connections >= args.threads,
         "wrk needs at least one connection per thread"
     );
-    ensure!(args.rounds > 0, "--rounds must be positive");
+    ensure!(args.rounds != Some(0), "--rounds must be positive");
+    ensure!(
+        args.rounds.is_none() || args.baseline.is_some() || args.compare_agents.is_some(),
+        "--rounds needs --baseline or --compare-agents"
+    );
+    // Host noise drifts over minutes: repeated runs alternate rather than follow each other.
+    let (binary_rounds, size_rounds) = match (&args.baseline, &args.compare_agents) {
+        (Some(_), _) => (args.rounds.unwrap_or(2), 1),
+        (None, Some(_)) => (1, args.rounds.unwrap_or(1)),
+        (None, None) => (1, 1),
+    };
     let backends = match args.backend.unwrap_or(if args.smoke {
         Backend::Both
     } else {
@@ -155,7 +166,7 @@ fn main() -> anyhow::Result<()> {
         None => vec![(binary, None)],
         Some(base) => {
             ensure!(base.is_file(), "no baseline binary at {}", base.display());
-            (1..=args.rounds)
+            (1..=binary_rounds)
                 .flat_map(|round| {
                     [
                         (base.clone(), Some(format!("baseline {round}"))),
@@ -189,7 +200,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut ctx = ctx;
 
-    let mut results = Vec::new();
+    let mut signed = Vec::new();
     for &n in &sizes {
         let sampled = seed::sample(n, args.proofs.max(1));
         step(&format!(
@@ -198,13 +209,20 @@ fn main() -> anyhow::Result<()> {
         ));
         let started = Instant::now();
         let bodies = seed::proofs(&ctx.pki, &sampled)?;
-        let proofs_s = started.elapsed().as_secs_f64();
-        for &backend in &backends {
-            for (binary, label) in &binaries {
-                let mut r = run_one(&mut ctx, binary, n, backend, &bodies)?;
-                r.proofs_s = proofs_s;
-                r.binary.clone_from(label);
-                results.push(r);
+        signed.push((n, bodies, started.elapsed().as_secs_f64()));
+    }
+    let mut results = Vec::new();
+    for round in 1..=size_rounds {
+        for (n, bodies, proofs_s) in &signed {
+            for &backend in &backends {
+                for (binary, label) in &binaries {
+                    let mut r = run_one(&mut ctx, binary, *n, backend, bodies)?;
+                    r.proofs_s = *proofs_s;
+                    r.binary = label
+                        .clone()
+                        .or_else(|| (size_rounds > 1).then(|| format!("round {round}")));
+                    results.push(r);
+                }
             }
         }
     }
@@ -256,8 +274,16 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .filter(|r| r.backend == name && !r.is_baseline())
                 .collect();
-            if let (Some(small), Some(large)) = (of_backend.first(), of_backend.last()) {
-                let (table, checks) = report::compare(small, large);
+            let sized = |n: Option<&usize>| -> Vec<&RunResult> {
+                of_backend
+                    .iter()
+                    .copied()
+                    .filter(|r| Some(&r.agents) == n)
+                    .collect()
+            };
+            let (small, large) = (sized(sizes.first()), sized(sizes.last()));
+            if !small.is_empty() && !large.is_empty() {
+                let (table, checks) = report::compare(&small, &large);
                 println!("\n{table}");
                 println!("{}", report::targets_markdown("scale target", &checks));
                 missed.extend(checks.into_iter().filter(|t| !t.met));

@@ -52,7 +52,8 @@ pub struct RunResult {
     pub loads: Vec<LoadResult>,
     /// Load average when the run started and when it ended.
     pub loadavg: (String, String),
-    /// With `--baseline`: `baseline N` or `candidate N`, the binary and round of this run.
+    /// With `--baseline`: `baseline N` or `candidate N`, the binary and round of this run; with
+    /// `--compare-agents` and `--rounds`: `round N`.
     pub binary: Option<String>,
 }
 
@@ -265,35 +266,60 @@ pub fn targets(r: &RunResult) -> Vec<Target> {
     out
 }
 
-/// Latency and throughput at the larger fleet relative to the smaller one, and the targets
-/// (median latency ≤ 1.2× at the larger fleet).
-pub fn compare(small: &RunResult, large: &RunResult) -> (String, Vec<Target>) {
+/// The scale table and target: the large fleet's p50 (and p99, req/s) over the small one's.
+/// With several rounds (each size run once per round, alternating) the ratio is of the means,
+/// and the per-round range follows it.
+pub fn compare(small: &[&RunResult], large: &[&RunResult]) -> (String, Vec<Target>) {
+    let (Some(s0), Some(l0)) = (small.first(), large.first()) else {
+        return (String::new(), Vec::new());
+    };
     let mut out = format!(
         "| load ({}) | p50 {} → {} agents | p99 | req/s |\n|---|---|---|---|\n",
-        large.backend,
-        count(small.agents as f64),
-        count(large.agents as f64)
+        l0.backend,
+        count(s0.agents as f64),
+        count(l0.agents as f64)
     );
     let mut checks = Vec::new();
     for name in [EXCHANGE, HEARTBEAT] {
-        let (Some(a), Some(b)) = (small.load(name), large.load(name)) else {
+        let values = |runs: &[&RunResult], f: fn(&LoadResult) -> Option<f64>| {
+            runs.iter()
+                .filter_map(|r| f(r.load(name)?))
+                .collect::<Vec<f64>>()
+        };
+        // Mean large over mean small, and the range of the rounds' own ratios.
+        let ratio = |f: fn(&LoadResult) -> Option<f64>| {
+            let (a, b) = (values(small, f), values(large, f));
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            if a.is_empty() || b.is_empty() || mean(&a) <= 0.0 {
+                return (f64::NAN, String::new());
+            }
+            let rounds: Vec<f64> = a.iter().zip(&b).map(|(a, b)| b / a).collect();
+            let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let range = if rounds.len() > 1 {
+                format!(" ({lo:.2}–{hi:.2})")
+            } else {
+                String::new()
+            };
+            (mean(&b) / mean(&a), range)
+        };
+        let (p50, p50_range) = ratio(|l| l.p50_us);
+        if p50.is_nan() {
             continue;
-        };
-        let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
-            (Some(x), Some(y)) if x > 0.0 => y / x,
-            _ => f64::NAN,
-        };
-        let p50 = ratio(a.p50_us, b.p50_us);
-        let p99 = ratio(a.p99_us, b.p99_us);
-        let rps = if a.rps > 0.0 { b.rps / a.rps } else { f64::NAN };
-        let _ = writeln!(out, "| {name} | {p50:.2}× | {p99:.2}× | {rps:.2}× |");
+        }
+        let (p99, _) = ratio(|l| l.p99_us);
+        let (rps, _) = ratio(|l| Some(l.rps));
+        let _ = writeln!(
+            out,
+            "| {name} | {p50:.2}×{p50_range} | {p99:.2}× | {rps:.2}× |"
+        );
         checks.push(target(
             &format!(
                 "{name} p50 at {} vs {} agents",
-                count(large.agents as f64),
-                count(small.agents as f64)
+                count(l0.agents as f64),
+                count(s0.agents as f64)
             ),
-            format!("{p50:.2}×"),
+            format!("{p50:.2}×{p50_range}"),
             "≤ 1.2×",
             p50 <= 1.2,
         ));
@@ -525,10 +551,30 @@ mod tests {
         large.agents = 1_000_000;
         large.loads[0].p50_us = Some(3300.0);
         large.loads[1].p50_us = Some(1500.0);
-        let (table, checks) = compare(&small, &large);
+        let (table, checks) = compare(&[&small], &[&large]);
         assert!(table.contains("| exchange | 1.10× |"), "{table}");
         assert!(checks[0].met);
         assert!(!checks[1].met);
+    }
+
+    #[test]
+    fn comparison_over_rounds_is_of_the_means_with_the_rounds_range() {
+        let sized = |agents: usize, exchange_p50: f64| {
+            let mut r = run("postgres");
+            r.agents = agents;
+            r.loads[0].p50_us = Some(exchange_p50);
+            r
+        };
+        let small = [sized(1_000, 2000.0), sized(1_000, 2000.0)];
+        let large = [sized(1_000_000, 2600.0), sized(1_000_000, 2200.0)];
+        let (table, checks) = compare(&[&small[0], &small[1]], &[&large[0], &large[1]]);
+        // Means 2000 and 2400: 1.20×; the rounds 1.30× and 1.10×.
+        assert!(
+            table.contains("| exchange | 1.20× (1.10–1.30) |"),
+            "{table}"
+        );
+        assert!(checks[0].met, "{checks:?}");
+        assert_eq!(checks[0].measured, "1.20× (1.10–1.30)");
     }
 
     #[test]
