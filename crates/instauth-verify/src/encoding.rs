@@ -61,38 +61,70 @@ pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Er
         })
 }
 
+/// Each byte's class for [`is_base64_lenient_whitespace`]: a symbol of the standard alphabet, ASCII
+/// white space (as [`u8::is_ascii_whitespace`]), or anything else (`=` included: it is only
+/// allowed at the end, which the check takes apart first).
+const OTHER: u8 = 0;
+const SYMBOL: u8 = 1;
+const SPACE: u8 = 2;
+const CLASS: [u8; 256] = {
+    let mut class = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'+' || c == b'/' {
+            class[b] = SYMBOL;
+        } else if c.is_ascii_whitespace() {
+            class[b] = SPACE;
+        }
+        b += 1;
+    }
+    class
+};
+
+/// A symbol's 6-bit value (only called on a symbol of the standard alphabet).
+fn symbol_value(b: u8) -> u8 {
+    match b {
+        b'A'..=b'Z' => b - b'A',
+        b'a'..=b'z' => b - b'a' + 26,
+        b'0'..=b'9' => b - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    }
+}
+
 /// Whether [`decode_base64_lenient_whitespace`]'s decoder accepts `input` (standard alphabet,
-/// padded, unused bits zero; ASCII white space ignored; empty included), checked in one pass
-/// without copying or decoding: the API checks each proof field this way before the verifier
-/// decodes the one it uses. The tests hold it to the decoder's answer.
+/// padded, unused bits zero; ASCII white space ignored; empty included), checked without
+/// copying or decoding: the API checks each proof field this way before the verifier decodes
+/// the one it uses. The tests hold it to the decoder's answer.
+///
+/// The end (padding and white space) is taken apart first, so the body is one branch-free pass
+/// of table lookups: a symbol or white space at every byte, and a count of the white space.
 pub fn is_base64_lenient_whitespace(input: &str) -> bool {
-    fn value(b: u8) -> Option<u8> {
+    let bytes = input.as_bytes();
+    // From the end: white space and at most two `=`, up to the last symbol.
+    let (mut end, mut padding) = (bytes.len(), 0usize);
+    while let Some(&b) = end.checked_sub(1).and_then(|i| bytes.get(i)) {
         match b {
-            b'A'..=b'Z' => Some(b - b'A'),
-            b'a'..=b'z' => Some(b - b'a' + 26),
-            b'0'..=b'9' => Some(b - b'0' + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
+            b'=' => padding += 1,
+            b if b.is_ascii_whitespace() => {}
+            _ => break,
         }
+        end -= 1;
     }
-    let (mut symbols, mut padding, mut last) = (0usize, 0usize, 0u8);
-    for &b in input.as_bytes() {
-        if b.is_ascii_whitespace() {
-            continue;
-        }
-        symbols += 1;
-        if b == b'=' {
-            padding += 1;
-            continue;
-        }
-        match value(b) {
-            Some(v) if padding == 0 => last = v,
-            _ => return false,
-        }
+    let body = &bytes[..end];
+    let (mut other, mut spaces) = (false, 0usize);
+    for &b in body {
+        let class = CLASS[usize::from(b)];
+        other |= class == OTHER;
+        spaces += usize::from(class == SPACE);
     }
-    // Padding only at the end of the last group of four; the bits it leaves unused are zero.
-    symbols % 4 == 0
+    if other {
+        return false;
+    }
+    let last = body.last().map_or(0, |&b| symbol_value(b));
+    // Whole groups of four; the bits the padding leaves unused are zero.
+    (body.len() - spaces + padding) % 4 == 0
         && match padding {
             0 => true,
             1 => last & 0b11 == 0,
@@ -196,7 +228,8 @@ mod tests {
             state
         };
         let symbols = [
-            b'A', b'B', b'Q', b'g', b'+', b'/', b'=', b'\n', b' ', b'*', 0x0b,
+            b'A', b'B', b'Q', b'g', b'+', b'/', b'=', b'\n', b' ', b'*', 0x0b, b'\t', b'\r', 0x0c,
+            b'-',
         ];
         let (mut accepted, mut refused) = (0, 0);
         for round in 0..200_000 {
