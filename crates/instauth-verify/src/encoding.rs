@@ -61,12 +61,13 @@ pub fn decode_base64_lenient_whitespace(input: &str) -> Result<Vec<u8>, Base64Er
         })
 }
 
-/// Each byte's class for [`is_base64_lenient_whitespace`]: a symbol of the standard alphabet, ASCII
-/// white space (as [`u8::is_ascii_whitespace`]), or anything else (`=` included: it is only
-/// allowed at the end, which the check takes apart first).
+// A byte's class for `is_base64_lenient_whitespace`.
 const OTHER: u8 = 0;
 const SYMBOL: u8 = 1;
 const SPACE: u8 = 2;
+/// Each byte's class: a symbol of the standard alphabet, ASCII white space (as
+/// [`u8::is_ascii_whitespace`]), or anything else (`=` included: it is only allowed at the end,
+/// which the check takes apart first).
 const CLASS: [u8; 256] = {
     let mut class = [OTHER; 256];
     let mut b = 0;
