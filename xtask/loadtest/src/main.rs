@@ -83,6 +83,10 @@ struct Args {
     /// Quick self-test of the tool: 200 agents, 2 s per load, both backends unless --backend.
     #[arg(long)]
     smoke: bool,
+    /// PostgreSQL port on 127.0.0.1 (another cluster than the shared one, e.g. with other
+    /// settings: the server, its databases and pgbench all run there).
+    #[arg(long, default_value_t = pg::DEFAULT_PORT)]
+    postgres_port: u16,
     /// Use this `instauth` binary instead of building the release one.
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -155,7 +159,10 @@ fn main() -> anyhow::Result<()> {
         b => vec![b],
     };
 
-    xtask::ensure_postgres()?;
+    if args.postgres_port == pg::DEFAULT_PORT {
+        xtask::ensure_postgres()?;
+    }
+    pg::use_port(args.postgres_port);
     wrk::ensure_installed()?;
     let binary = match &args.binary {
         Some(b) => b.clone(),

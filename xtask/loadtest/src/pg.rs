@@ -6,10 +6,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// Host, port and user of the shared cluster (trust authentication).
+/// Host, default port and user of the cluster (trust authentication).
 const HOST: &str = "127.0.0.1";
-const PORT: &str = "5432";
+pub const DEFAULT_PORT: u16 = 5432;
 const USER: &str = "postgres";
+
+/// The port of the cluster this invocation runs on ([`use_port`]; the shared one by default).
+static PORT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Runs everything on the cluster at `port` instead of the shared one (e.g. a cluster of one's
+/// own with other settings). Call once, before anything else here.
+pub fn use_port(port: u16) {
+    let _ = PORT.set(port.to_string());
+}
+
+fn port() -> &'static str {
+    PORT.get().map_or("5432", String::as_str)
+}
 
 /// The database `pgbench -i` fills once and later runs reuse.
 pub const PGBENCH_DB: &str = "instauth_pgbench";
@@ -23,7 +36,7 @@ pub const STATS_IDLE_FLUSH: Duration = Duration::from_secs(11);
 
 fn psql_command(database: &str) -> Command {
     let mut cmd = Command::new("psql");
-    cmd.args(["-h", HOST, "-p", PORT, "-U", USER, "-d", database])
+    cmd.args(["-h", HOST, "-p", port(), "-U", USER, "-d", database])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
         .env_remove("PGPASSWORD")
         .env_remove("PGSERVICE");
@@ -74,7 +87,7 @@ impl TempDatabase {
 
     /// URL for `instauth server --postgres-url`.
     pub fn url(&self) -> String {
-        format!("postgres://{USER}@{HOST}:{PORT}/{}", self.name)
+        format!("postgres://{USER}@{HOST}:{}/{}", port(), self.name)
     }
 
     /// Drops it now, reporting failure.
@@ -197,7 +210,7 @@ pub fn ensure_pgbench_database() -> anyhow::Result<()> {
     eprintln!("initialising {PGBENCH_DB} (pgbench -i -s {PGBENCH_SCALE}, kept for later runs)");
     psql("postgres", &format!("CREATE DATABASE {PGBENCH_DB}"))?;
     let status = Command::new("pgbench")
-        .args(["-h", HOST, "-p", PORT, "-U", USER, "-i", "-q"])
+        .args(["-h", HOST, "-p", port(), "-U", USER, "-i", "-q"])
         .args(["-s", &PGBENCH_SCALE.to_string(), PGBENCH_DB])
         .status()
         .context("running pgbench (is the postgresql-contrib or postgresql package installed?)")?;
@@ -223,7 +236,18 @@ pub struct Pgbench {
 /// The `pgbench` command line of the yardstick, for the record.
 pub fn pgbench_args(seconds: u64) -> Vec<String> {
     [
-        "-h", HOST, "-p", PORT, "-U", USER, "-S", "-M", "prepared", "-c16", "-j2", "-T",
+        "-h",
+        HOST,
+        "-p",
+        port(),
+        "-U",
+        USER,
+        "-S",
+        "-M",
+        "prepared",
+        "-c16",
+        "-j2",
+        "-T",
     ]
     .iter()
     .map(|s| s.to_string())
