@@ -9,6 +9,7 @@
 //! `pgbench -S -M prepared -c16 -j2`. Any failed request makes the run invalid and the command
 //! fail.
 
+mod cluster;
 mod cpu;
 mod pg;
 mod report;
@@ -87,6 +88,11 @@ struct Args {
     /// settings: the server, its databases and pgbench all run there).
     #[arg(long, default_value_t = pg::DEFAULT_PORT)]
     postgres_port: u16,
+    /// Run on a PostgreSQL cluster of this invocation's own with this `shared_buffers` (e.g.
+    /// 1GB: sized for the fleet as docs/OPERATIONS.md says), created in a temporary directory on
+    /// a free port and removed at exit; the shared cluster is left as it is.
+    #[arg(long, value_name = "SIZE", conflicts_with = "postgres_port")]
+    shared_buffers: Option<String>,
     /// Use this `instauth` binary instead of building the release one.
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -159,10 +165,20 @@ fn main() -> anyhow::Result<()> {
         b => vec![b],
     };
 
-    if args.postgres_port == pg::DEFAULT_PORT {
-        xtask::ensure_postgres()?;
+    // Lives until the end of main: the cluster stops when it drops.
+    let own_cluster = match &args.shared_buffers {
+        Some(size) => Some(cluster::OwnCluster::start(size)?),
+        None => None,
+    };
+    match &own_cluster {
+        Some(c) => pg::use_port(c.port()),
+        None => {
+            if args.postgres_port == pg::DEFAULT_PORT {
+                xtask::ensure_postgres()?;
+            }
+            pg::use_port(args.postgres_port);
+        }
     }
-    pg::use_port(args.postgres_port);
     wrk::ensure_installed()?;
     let binary = match &args.binary {
         Some(b) => b.clone(),
@@ -237,6 +253,9 @@ fn main() -> anyhow::Result<()> {
     println!("\n## {command}\n");
     println!("{}", report::markdown(&results));
     print!("{}", report::setup_lines(&results));
+    if backends.contains(&Backend::Postgres) {
+        println!("{}", pg::describe_cluster()?);
+    }
     let mut missed = Vec::new();
     // With a baseline, its runs are the yardstick, not candidates for the targets.
     for r in results.iter().filter(|r| !r.is_baseline()) {

@@ -139,6 +139,17 @@ pub fn drop_orphaned_databases() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line for the record: which cluster the run used and the settings that size it.
+pub fn describe_cluster() -> anyhow::Result<String> {
+    let settings = psql(
+        "postgres",
+        "SELECT current_setting('server_version') || ', shared_buffers ' || \
+         current_setting('shared_buffers') || ', effective_cache_size ' || \
+         current_setting('effective_cache_size')",
+    )?;
+    Ok(format!("PostgreSQL {settings}, at {HOST}:{}", port()))
+}
+
 /// True when a database of that name exists.
 pub fn database_exists(name: &str) -> anyhow::Result<bool> {
     Ok(psql(
