@@ -424,11 +424,11 @@ async fn exchange<R: ExchangeBody>(
         };
         // From here on a refusal is about this agent: the audit names it.
         audit.agent_id = Some(c.agent_id);
-        if let Some(expect) = c.expect() {
+        if let Some((resource, expect)) = c.expect() {
             check_expectation(
                 &claims,
                 &Expectation {
-                    resource: &c.resource_name,
+                    resource,
                     provider: expect.provider,
                     account: expect.account.as_deref(),
                     location: expect.location.as_deref(),

@@ -35,6 +35,11 @@ struct AgentInsert {
     auth_token_hash: Option<Vec<u8>>,
     created_at: NaiveDateTime,
     require_agent_key: bool,
+    // The resource's expectation, copied (resources never change after their build).
+    expect_resource: Option<String>,
+    expect_provider: Option<Textual<Provider>>,
+    expect_account: Option<String>,
+    expect_location: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -90,6 +95,8 @@ fn build_rows(
         .iter()
         .map(|&i| {
             let a = &build.agents[i];
+            let resource = &build.resources[a.resource];
+            let expect = resource.expect.as_ref();
             AgentInsert {
                 id: agent_ids[i],
                 resource_id: resource_ids[a.resource],
@@ -102,6 +109,10 @@ fn build_rows(
                 auth_token_hash: a.token_hash.clone(),
                 created_at: at,
                 require_agent_key: a.require_agent_key,
+                expect_resource: expect.map(|_| resource.name.clone()),
+                expect_provider: expect.map(|e| text(e.provider)),
+                expect_account: expect.and_then(|e| e.account.clone()),
+                expect_location: expect.and_then(|e| e.location.clone()),
             }
         })
         .collect();

@@ -51,8 +51,6 @@ pub struct Candidate {
     /// The agent's authentication method.
     #[diesel(deserialize_as = Textual<AgentAuth>)]
     pub auth: AgentAuth,
-    /// The resource the agent runs on.
-    pub resource_name: String,
     /// The workspace's id.
     #[diesel(deserialize_as = Textual<Uuid>)]
     pub workspace_id: Uuid,
@@ -64,6 +62,9 @@ pub struct Candidate {
     pub agent_public_key: Option<Vec<u8>>,
     /// The build declared that the agent must sign its exchanges.
     pub require_agent_key: bool,
+    /// The name of the resource the agent runs on, when the resource has an `expect` (the
+    /// expectation is copied onto the agent's row when its build is created).
+    pub expect_resource: Option<String>,
     /// The cloud named by the resource's `expect`, if it has one.
     #[diesel(deserialize_as = MaybeTextual<Provider>)]
     pub expect_provider: Option<Provider>,
@@ -74,13 +75,17 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// The resource's expectation, if it has one.
-    pub fn expect(&self) -> Option<ResourceExpect> {
-        self.expect_provider.map(|provider| ResourceExpect {
-            provider,
-            account: self.expect_account.clone(),
-            location: self.expect_location.clone(),
-        })
+    /// The resource's name and expectation, if it has one.
+    pub fn expect(&self) -> Option<(&str, ResourceExpect)> {
+        let provider = self.expect_provider?;
+        Some((
+            self.expect_resource.as_deref().unwrap_or_default(),
+            ResourceExpect {
+                provider,
+                account: self.expect_account.clone(),
+                location: self.expect_location.clone(),
+            },
+        ))
     }
 }
 

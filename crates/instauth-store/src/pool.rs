@@ -377,32 +377,59 @@ mod tests {
         opening.await.unwrap().expect("the new connection waited");
     }
 
-    /// Reverts the newest migration (its `down.sql`), as an operator rolling back would; returns
-    /// its version and the agents' heartbeat columns as the rollback left them.
-    fn revert_last_blocking(config: DatabaseConfig) -> (String, Vec<OldColumns>) {
+    /// Reverts migrations, newest first, through `version` (their `down.sql`, as an operator
+    /// rolling back would); returns the versions reverted.
+    fn revert_through_blocking(config: DatabaseConfig, version: &str) -> Vec<String> {
+        fn revert<C: MigrationHarness<B>, B: diesel::backend::Backend>(
+            conn: &mut C,
+            migrations: fn() -> EmbeddedMigrations,
+            version: &str,
+        ) -> Vec<String> {
+            let mut reverted = Vec::new();
+            while reverted.last().map(String::as_str) != Some(version) {
+                reverted.push(
+                    conn.revert_last_migration(migrations())
+                        .unwrap()
+                        .to_string(),
+                );
+                assert!(reverted.len() < 50, "no migration {version}: {reverted:?}");
+            }
+            reverted
+        }
+        match config {
+            DatabaseConfig::Postgres { url } => revert(
+                &mut <diesel_async::async_connection_wrapper::AsyncConnectionWrapper<
+                    AsyncPgConnection,
+                > as diesel::Connection>::establish(&url)
+                .unwrap(),
+                || PG_MIGRATIONS,
+                version,
+            ),
+            DatabaseConfig::Sqlite { path } => revert(
+                &mut SqliteConnection::establish(&path.to_string_lossy()).unwrap(),
+                || SQLITE_MIGRATIONS,
+                version,
+            ),
+        }
+    }
+
+    /// The agents' heartbeat columns as a rollback of their move left them.
+    fn old_columns_blocking(config: DatabaseConfig) -> Vec<OldColumns> {
         let old = diesel::sql_query(
             "SELECT name, lifecycle_state, first_connected_at FROM workspace_agents ORDER BY name",
         );
         match config {
-            DatabaseConfig::Postgres { url } => {
-                let mut conn = <diesel_async::async_connection_wrapper::AsyncConnectionWrapper<
-                    AsyncPgConnection,
-                > as diesel::Connection>::establish(&url)
-                .unwrap();
-                let version = conn
-                    .revert_last_migration(PG_MIGRATIONS)
-                    .unwrap()
-                    .to_string();
-                (version, old.load(&mut conn).unwrap())
-            }
-            DatabaseConfig::Sqlite { path } => {
-                let mut conn = SqliteConnection::establish(&path.to_string_lossy()).unwrap();
-                let version = conn
-                    .revert_last_migration(SQLITE_MIGRATIONS)
-                    .unwrap()
-                    .to_string();
-                (version, old.load(&mut conn).unwrap())
-            }
+            DatabaseConfig::Postgres { url } => old
+                .load(
+                    &mut <diesel_async::async_connection_wrapper::AsyncConnectionWrapper<
+                        AsyncPgConnection,
+                    > as diesel::Connection>::establish(&url)
+                    .unwrap(),
+                )
+                .unwrap(),
+            DatabaseConfig::Sqlite { path } => old
+                .load(&mut SqliteConnection::establish(&path.to_string_lossy()).unwrap())
+                .unwrap(),
         }
     }
 
@@ -451,13 +478,13 @@ mod tests {
         assert!(first.is_some());
 
         let config = store.config().clone();
-        let (reverted, old) = tokio::task::spawn_blocking(move || revert_last_blocking(config))
-            .await
-            .unwrap();
-        assert_eq!(
-            reverted, "20261128000001",
-            "the newest migration moved the state"
-        );
+        let (reverted, old) = tokio::task::spawn_blocking(move || {
+            let reverted = revert_through_blocking(config.clone(), "20261128000001");
+            (reverted, old_columns_blocking(config))
+        })
+        .await
+        .unwrap();
+        assert_eq!(reverted, ["20261129000001", "20261128000001"]);
         let want = |name: &str, state: &str, first| OldColumns {
             name: name.into(),
             lifecycle_state: state.into(),
@@ -469,7 +496,78 @@ mod tests {
         );
 
         let applied = store.migrate().await.unwrap();
-        assert_eq!(applied, ["20261128000001"]);
+        assert_eq!(applied, ["20261128000001", "20261129000001"]);
         assert_eq!(store.get_workspace("ws").await.unwrap().unwrap(), before);
     });
+
+    // Resource expectations are copied onto agent rows: applying that migration to a database
+    // with expectations already declared copies them, onto the agents of those resources only.
+    crate::backend_test!(
+        expectations_are_copied_by_their_migration,
+        |store| async move {
+            use instauth_types::{AgentAuth, AgentSpec, BuildRequest, ResourceSpec, Wire};
+            let agent = |name: &str, instance: &str| AgentSpec {
+                name: name.into(),
+                auth: Wire::Known(AgentAuth::AwsInstanceIdentity),
+                instance_id: Some(instance.into()),
+                parent: None,
+                require_agent_key: false,
+            };
+            let resource = |name: &str, agents, expect: serde_json::Value| ResourceSpec {
+                name: name.into(),
+                resource_type: "aws_instance".into(),
+                agents,
+                expect: serde_json::from_value(expect).unwrap(),
+            };
+            let build = BuildRequest {
+                resources: vec![
+                    resource(
+                        "vm",
+                        vec![agent("main", "i-1"), agent("dev", "i-1")],
+                        serde_json::json!({"account_id": "123456789012", "region": "eu-west-1"}),
+                    ),
+                    resource("other", vec![agent("solo", "i-2")], serde_json::Value::Null),
+                ],
+            };
+            store
+                .create_build(&crate::validate_build("ws", build).unwrap())
+                .await
+                .unwrap();
+            let candidates = |store: Store| async move {
+                let mut all = store
+                    .candidates(AgentAuth::AwsInstanceIdentity, "i-1")
+                    .await
+                    .unwrap();
+                all.extend(
+                    store
+                        .candidates(AgentAuth::AwsInstanceIdentity, "i-2")
+                        .await
+                        .unwrap(),
+                );
+                all
+            };
+            let before = candidates(store.clone()).await;
+            assert_eq!(before.len(), 3);
+            let expected = crate::ResourceExpect {
+                provider: instauth_types::Provider::Aws,
+                account: Some("123456789012".into()),
+                location: Some("eu-west-1".into()),
+            };
+            assert_eq!(before[0].expect(), Some(("vm", expected.clone())));
+            assert_eq!(before[1].expect(), Some(("vm", expected)));
+            assert_eq!(before[2].expect(), None);
+
+            let config = store.config().clone();
+            let reverted = tokio::task::spawn_blocking(move || {
+                revert_through_blocking(config, "20261129000001")
+            })
+            .await
+            .unwrap();
+            assert_eq!(reverted, ["20261129000001"]);
+            assert_eq!(store.migrate().await.unwrap(), ["20261129000001"]);
+            // A fresh store: the first one's statements were prepared against the old columns.
+            let again = Store::connect(store.config().clone()).await.unwrap();
+            assert_eq!(candidates(again).await, before);
+        }
+    );
 }

@@ -54,6 +54,10 @@ diesel::table! {
         agent_public_key -> Nullable<Binary>,
         agent_key_bound_at -> Nullable<Timestamp>,
         require_agent_key -> Bool,
+        expect_resource -> Nullable<Text>,
+        expect_provider -> Nullable<Text>,
+        expect_account -> Nullable<Text>,
+        expect_location -> Nullable<Text>,
     }
 }
 

@@ -17,7 +17,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use instauth_types::AgentAuth;
 
 use crate::agents::{candidate_columns, candidates_batch_query, candidates_query, live_agents};
-use crate::schema::{workspace_agents, workspace_resources, workspaces};
+use crate::schema::{workspace_agents, workspaces};
 use crate::text::text;
 use crate::{Backend, DatabaseConfig, Result, Store};
 

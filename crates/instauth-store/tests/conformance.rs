@@ -70,7 +70,7 @@ backend_test!(two_root_agents_share_an_instance, |store| async move {
     assert_eq!(c[0].agent_name, "dev");
     assert_eq!(c[1].agent_name, "main");
     assert_eq!(c[0].workspace_name, "ws");
-    assert_eq!(c[0].resource_name, "vm");
+    assert_eq!(c[0].expect(), None, "resource vm declares no expectation");
     let main_id = created.agents.iter().find(|a| a.name == "main").unwrap().id;
     let named = candidates_named(&store, "i-1", "main").await;
     assert_eq!(named.len(), 1);
@@ -613,16 +613,16 @@ backend_test!(
         assert_eq!(store.queries_total() - before, 1, "still one statement");
         assert!(main.require_agent_key);
         assert_eq!(main.agent_public_key, None);
-        assert_eq!(
-            main.expect(),
-            Some(instauth_store::ResourceExpect {
-                provider: Provider::Aws,
-                account: Some("123456789012".into()),
-                location: None,
-            })
-        );
+        let expected = instauth_store::ResourceExpect {
+            provider: Provider::Aws,
+            account: Some("123456789012".into()),
+            location: None,
+        };
+        assert_eq!(main.expect(), Some(("vm", expected.clone())));
         let dev = candidate(&store, "i-1", "dev").await;
         assert!(!dev.require_agent_key);
+        // Every agent of the resource carries its expectation.
+        assert_eq!(dev.expect(), Some(("vm", expected)));
         let ws = store.get_workspace("ws").await.unwrap().unwrap();
         let expect = ws.resources[0].expect.as_ref().unwrap();
         assert_eq!(expect.claims(), [("account_id", "123456789012")]);
