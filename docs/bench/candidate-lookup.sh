@@ -50,12 +50,11 @@ SQL
     ids+=("'i-' || lpad(to_hex(:k$j::int), 17, '0')")
   done
   cat <<SQL
-SELECT a.auth_instance_id, a.id, a.name, a.auth, r.name, w.id, w.name, a.session_generation,
-       a.agent_public_key, a.require_agent_key, r.expect_provider, r.expect_account,
-       r.expect_location
+SELECT a.auth_instance_id, a.id, a.name, a.auth, w.id, w.name, a.session_generation,
+       a.agent_public_key, a.require_agent_key, a.expect_resource, a.expect_provider,
+       a.expect_account, a.expect_location
 FROM workspace_agents a
 JOIN workspaces w ON w.id = a.workspace_id AND w.latest_build_id = a.build_id
-JOIN workspace_resources r ON r.id = a.resource_id
 WHERE a.deleted_at IS NULL AND w.deleted_at IS NULL AND a.parent_id IS NULL
   AND a.auth_instance_id = ANY(ARRAY[$(IFS=,; echo "${ids[*]}")])
 ORDER BY a.auth_instance_id, a.name, w.name;
