@@ -9,10 +9,12 @@ ALTER TABLE workspace_agents ADD COLUMN expect_provider TEXT;
 ALTER TABLE workspace_agents ADD COLUMN expect_account TEXT;
 ALTER TABLE workspace_agents ADD COLUMN expect_location TEXT;
 
--- Only the agents of resources with an expectation are rewritten.
+-- Only the agents of resources with an expectation are rewritten (one join; SQLite has
+-- UPDATE ... FROM since 3.33, the bundled one is newer).
 UPDATE workspace_agents
-SET expect_resource = (SELECT r.name FROM workspace_resources r WHERE r.id = workspace_agents.resource_id),
-    expect_provider = (SELECT r.expect_provider FROM workspace_resources r WHERE r.id = workspace_agents.resource_id),
-    expect_account = (SELECT r.expect_account FROM workspace_resources r WHERE r.id = workspace_agents.resource_id),
-    expect_location = (SELECT r.expect_location FROM workspace_resources r WHERE r.id = workspace_agents.resource_id)
-WHERE resource_id IN (SELECT id FROM workspace_resources WHERE expect_provider IS NOT NULL);
+SET expect_resource = r.name,
+    expect_provider = r.expect_provider,
+    expect_account = r.expect_account,
+    expect_location = r.expect_location
+FROM workspace_resources r
+WHERE r.id = workspace_agents.resource_id AND r.expect_provider IS NOT NULL;
